@@ -1,0 +1,7 @@
+//! Command-line front ends. Each submodule owns the arguments and output of a group of
+//! subcommands; all real work happens in the library. `anyhow` is allowed here (binary edge).
+pub mod check;
+pub mod inspect;
+pub mod ledger;
+pub mod seal;
+pub mod serve;

@@ -1,0 +1,77 @@
+//! The `sluss` binary: parses the command line, sets up logging, and hands each subcommand
+//! to its front end in `cli/`. Errors are printed once, with their cause chain, on stderr.
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluss",
+    version,
+    about = "File-transfer gateway for payment files"
+)]
+struct Cli {
+    /// Log as JSON lines (for log shippers) instead of plain text. Logs always go to stderr.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Seal a payment file with the Bankgirot HMAC seal (the customer-side tool).
+    Seal(cli::seal::SealArgs),
+    /// Verify a sealed file: exit 0 valid, 1 invalid (reason on stderr).
+    Verify(cli::seal::VerifyArgs),
+    /// Make keys in the right formats, with owner-only permissions.
+    Keygen(cli::seal::KeygenArgs),
+    /// Show what a file is: kind, routing keys, seal, structure problems.
+    Inspect(cli::inspect::InspectArgs),
+    /// Validate the configuration as a whole; print every problem.
+    Check(cli::check::CheckArgs),
+    /// Run the daemon.
+    Serve(cli::serve::ServeArgs),
+    /// Hand files to the pipeline as a partner (copies them).
+    Ingest(cli::serve::IngestArgs),
+    /// The operator's view of files and deliveries.
+    Ledger(cli::ledger::LedgerArgs),
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUSS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let result = match cli.command {
+        Command::Seal(a) => cli::seal::run_seal(a),
+        Command::Verify(a) => cli::seal::run_verify(a),
+        Command::Keygen(a) => cli::seal::run_keygen(a),
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Check(a) => cli::check::run(a),
+        Command::Serve(a) => cli::serve::run_serve(a),
+        Command::Ingest(a) => cli::serve::run_ingest(a),
+        Command::Ledger(a) => cli::ledger::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluss: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
