@@ -201,6 +201,19 @@ pub fn commit_temp(temp: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Rename `from` to `to` without fsyncing: for moves to fresh random names whose
+/// durability the caller makes with one [`fsync_dir`] for a whole batch.
+pub fn rename_no_sync(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| SpoolError::new("rename into", to, e))
+}
+
+/// Move `temp` to `dest` refusing to replace an existing file, without fsyncing: for batches
+/// that make all their new names durable with one [`fsync_dir`] afterwards.
+pub fn link_into_place(temp: &Path, dest: &Path) -> Result<()> {
+    fs::hard_link(temp, dest).map_err(|e| SpoolError::new("link into place", dest, e))?;
+    fs::remove_file(temp).map_err(|e| SpoolError::new("remove temporary", temp, e))
+}
+
 /// Durably rename within or across directories of one file system, replacing nothing.
 /// (Same as [`commit_temp`]; named for moves of already-final files, e.g. into quarantine.)
 pub fn move_file(from: &Path, to: &Path) -> Result<()> {

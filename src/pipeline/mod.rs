@@ -1,1 +1,136 @@
-//! (stub: being written)
+//! The pipeline: ingest → route → deliver, the state machine that keeps sluss's promises.
+//!
+//! - [`ingest`]: a file handed over by any inbound adapter (CLI, SFTP server, pull job) is
+//!   spooled durably, recognised, seal-checked, structure-checked, payer-checked,
+//!   duplicate-checked, routed and recorded — and only then acknowledged.
+//! - [`route`]: pure rules from (partner, recognised file) to destinations.
+//! - [`deliver`]: per-destination workers that move queued files to their destination under a
+//!   temporary name, promote them, confirm, record; and the restart recovery that resolves
+//!   deliveries a crash left in doubt by looking at the destination.
+//! - [`archive`]: what happens to the spooled copy after delivery (delete or age-encrypt), and
+//!   retention.
+//!
+//! The pipeline writes files only through [`crate::spool`] and records every transition in
+//! the [`crate::ledger`]. Inbound adapters never touch either directly.
+
+pub mod archive;
+pub mod deliver;
+pub mod ingest;
+pub mod route;
+
+use crate::config::Config;
+use crate::ledger::{Ledger, LedgerError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use ingest::{Incoming, IngestError, Outcome};
+
+/// Where the pipeline keeps things under the data directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub data_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(data_dir: &Path) -> Layout {
+        Layout {
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+    /// The SQLite ledger.
+    pub fn ledger(&self) -> PathBuf {
+        self.data_dir.join("ledger.sqlite")
+    }
+    /// Temporary files of ingests in progress.
+    pub fn incoming(&self) -> PathBuf {
+        self.data_dir.join("spool/incoming")
+    }
+    /// Every received file (accepted or quarantined) under a random stored name; the ledger
+    /// records which is which. A quarantined file stays here until an operator acts.
+    pub fn files(&self) -> PathBuf {
+        self.data_dir.join("spool/files")
+    }
+    /// Files found in `files` with no ledger record after a crash (never acknowledged).
+    pub fn orphans(&self) -> PathBuf {
+        self.data_dir.join("spool/orphans")
+    }
+    /// Encrypted archive copies, per partner.
+    pub fn archive(&self, partner: &str) -> PathBuf {
+        self.data_dir.join("archive").join(partner)
+    }
+    /// A customer's download folder (its SFTP `/download`): default delivery endpoint.
+    pub fn download(&self, partner: &str) -> PathBuf {
+        self.data_dir.join("download").join(partner)
+    }
+}
+
+/// Errors of the pipeline as a whole (per-file outcomes are in [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("unknown partner {0:?}: it has no file in jobs.d/ (see `sluss check`)")]
+    UnknownPartner(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The running pipeline: validated config, the ledger, and a bell that wakes delivery workers
+/// when an in-process ingest queued something (out-of-process ingests are found by polling).
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    pub layout: Layout,
+    ledger: Mutex<Ledger>,
+    bell: (Mutex<u64>, Condvar),
+}
+
+impl Pipeline {
+    /// Open the ledger under the configured data directory and prepare the spool folders.
+    pub fn open(config: Arc<Config>) -> Result<Pipeline, PipelineError> {
+        let layout = Layout::new(&config.data_dir);
+        crate::spool::ensure_dir(&layout.data_dir)?;
+        crate::spool::ensure_dir(&layout.incoming())?;
+        crate::spool::ensure_dir(&layout.files())?;
+        let ledger = Ledger::open(&layout.ledger())?;
+        Ok(Pipeline {
+            config,
+            layout,
+            ledger: Mutex::new(ledger),
+            bell: (Mutex::new(0), Condvar::new()),
+        })
+    }
+
+    /// Exclusive use of the ledger. A poisoned lock means a thread panicked mid-call; the
+    /// SQLite transaction it held was rolled back, so the ledger itself is consistent.
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake delivery workers: something was queued.
+    pub fn ring(&self) {
+        let mut n = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.wrapping_add(1);
+        self.bell.1.notify_all();
+    }
+
+    /// Wait until rung or `timeout` passes.
+    pub fn wait_for_work(&self, timeout: Duration) {
+        let n = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
+        let start = *n;
+        let _ = self
+            .bell
+            .1
+            .wait_timeout_while(n, timeout, |n| *n == start);
+    }
+}
+
+/// The OS user running this process: the default `--operator` for recorded decisions.
+pub fn os_user() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}

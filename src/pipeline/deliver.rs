@@ -1,0 +1,608 @@
+//! Delivery: moving queued files to their destination exactly once, and resolving after a
+//! crash what a delivery in progress left behind.
+//!
+//! Every destination follows one protocol (the [`Destination`] trait; local folders now,
+//! SFTP/FTPS servers later):
+//!
+//! 1. write the file under a temporary name (`.NAME.sluss-tmp`, ignored by banks' agents),
+//!    make it durable;
+//! 2. record `delivering` (commit);
+//! 3. promote the temporary name to the final name, never replacing an existing file;
+//! 4. confirm the final name has the right size; record `delivered` (commit).
+//!
+//! A crash between 2 and 4 leaves the ledger saying `delivering`. On restart the destination
+//! decides: temporary file still there → the promote never happened, redo safely; final name
+//! there with the right size and hash → delivered; **neither → the bank may already have
+//! fetched it → `held` for an operator**. Nothing is ever re-sent blindly.
+//!
+//! Deliveries to one destination are processed in batches that share their commits and
+//! directory fsyncs (group commit); one destination's worker never waits for another's.
+
+use super::Pipeline;
+use crate::config::{Endpoint, Partner};
+use crate::ledger::{DeliveryRecord, FileId, LedgerError, State};
+use crate::spool;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Deliveries taken per batch: enough to amortise commits and fsyncs, small enough that one
+/// slow file does not delay many others for long.
+const BATCH: usize = 64;
+/// How often a worker looks at the ledger for work queued by another process (`sluss ingest`).
+const POLL: Duration = Duration::from_millis(200);
+
+/// A delivery failure, with enough words to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a destination must offer for exactly-once delivery. Local folders implement it now;
+/// remote SFTP/FTPS endpoints implement the same operations.
+pub trait Destination: Send + Sync {
+    /// For logs and the ledger: `local:/srv/bank/outbox`, `sftp://host/dir`, …
+    fn describe(&self) -> String;
+    /// Write `src` under `temp_name`, replacing a stale temporary file of that name.
+    fn put_temp(&self, temp_name: &str, src: &Path) -> Result<u64, DeliverError>;
+    /// Make names written or moved so far durable (local: fsync the folder).
+    fn sync(&self) -> Result<(), DeliverError>;
+    /// Rename `temp_name` to `final_name`, refusing to replace an existing file.
+    fn promote(&self, temp_name: &str, final_name: &str) -> Result<(), DeliverError>;
+    /// Size of `name`, or `None` if absent.
+    fn size_of(&self, name: &str) -> Result<Option<u64>, DeliverError>;
+    /// SHA-256 (hex) of `name` where the destination lets us read it back.
+    fn sha256_of(&self, name: &str) -> Result<Option<String>, DeliverError>;
+    /// Remove `name` if present.
+    fn remove(&self, name: &str) -> Result<(), DeliverError>;
+}
+
+/// A folder on this machine (a bank's transfer agent, a customer's download folder).
+pub struct LocalDir {
+    pub dir: PathBuf,
+}
+
+impl Destination for LocalDir {
+    fn describe(&self) -> String {
+        format!("local:{}", self.dir.display())
+    }
+    fn put_temp(&self, temp_name: &str, src: &Path) -> Result<u64, DeliverError> {
+        spool::discard(&self.dir.join(temp_name))?;
+        let f = std::fs::File::open(src).map_err(|e| {
+            DeliverError::Other(format!("cannot open spooled copy {}: {e}", src.display()))
+        })?;
+        Ok(spool::write_named(&self.dir, temp_name, f, spool::MODE_DELIVERED)?.size)
+    }
+    fn sync(&self) -> Result<(), DeliverError> {
+        Ok(spool::fsync_dir(&self.dir)?)
+    }
+    fn promote(&self, temp_name: &str, final_name: &str) -> Result<(), DeliverError> {
+        Ok(spool::link_into_place(
+            &self.dir.join(temp_name),
+            &self.dir.join(final_name),
+        )?)
+    }
+    fn size_of(&self, name: &str) -> Result<Option<u64>, DeliverError> {
+        Ok(spool::size_of(&self.dir.join(name))?)
+    }
+    fn sha256_of(&self, name: &str) -> Result<Option<String>, DeliverError> {
+        let p = self.dir.join(name);
+        match spool::size_of(&p)? {
+            None => Ok(None),
+            Some(_) => Ok(spool::sha256_file(&p).ok()),
+        }
+    }
+    fn remove(&self, name: &str) -> Result<(), DeliverError> {
+        Ok(spool::discard(&self.dir.join(name))?)
+    }
+}
+
+/// The destination object for a partner's configured delivery endpoint.
+pub fn destination_of(partner: &Partner) -> Box<dyn Destination> {
+    match &partner.delivery.endpoint {
+        Endpoint::Local { path } => Box::new(LocalDir { dir: path.clone() }),
+    }
+}
+
+/// The endpoint description recorded with each delivery.
+pub fn describe_endpoint(_p: &Pipeline, partner: &Partner) -> String {
+    destination_of(partner).describe()
+}
+
+/// The final name at the destination, from the destination partner's template.
+/// Placeholders: `{partner}` (the sender), `{to}`, `{kind}`, `{date}` (YYYYMMDD), `{time}`
+/// (HHMMSS), `{id}` (ledger id; validation requires it, so names never collide),
+/// `{original}` (the sender's name, reduced to `[A-Za-z0-9._-]`, at most 64 characters).
+pub fn final_name(
+    dest: &Partner,
+    from: &str,
+    kind: &str,
+    id: FileId,
+    original: &str,
+    now: &jiff::Zoned,
+) -> String {
+    let original: String = original
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string();
+    let name = dest
+        .delivery
+        .name_template
+        .replace("{partner}", from)
+        .replace("{to}", &dest.id)
+        .replace("{kind}", kind)
+        .replace("{date}", &now.strftime("%Y%m%d").to_string())
+        .replace("{time}", &now.strftime("%H%M%S").to_string())
+        .replace("{id}", &id.to_string())
+        .replace("{original}", &original);
+    // A template cannot produce a path: separators become '_' and a leading dot is dropped.
+    let name = name.replace(['/', '\\', '\0'], "_");
+    name.trim_start_matches('.').to_string()
+}
+
+/// The temporary name a delivery uses before promotion (hidden, so agents ignore it).
+pub fn temp_name(_id: FileId, final_name: &str) -> String {
+    format!(".{final_name}.sluss-tmp")
+}
+
+impl Pipeline {
+    /// Resolve every delivery a previous run left unfinished. Runs once at start, before the
+    /// workers, so no worker ever races a half-finished delivery.
+    pub fn recover(&self) -> Result<RecoveryReport, LedgerError> {
+        let unfinished = self.ledger().unfinished_deliveries()?;
+        let mut report = RecoveryReport::default();
+        for d in unfinished {
+            let Some(dp) = self.config.partner(&d.destination) else {
+                tracing::error!(
+                    event = "alert.recovery",
+                    delivery_id = d.id,
+                    file_id = d.file_id,
+                    "delivery to {} cannot be recovered: that partner is no longer configured",
+                    d.destination
+                );
+                continue;
+            };
+            let dest = destination_of(dp);
+            match d.state {
+                State::Queued => {
+                    if let Err(e) = dest.remove(&d.temp_name) {
+                        tracing::warn!("could not remove stale {}: {e}", d.temp_name);
+                    }
+                }
+                State::Delivering | State::InDoubt => {
+                    self.resolve_in_doubt(&d, dest.as_ref(), &mut report)?;
+                }
+                _ => {}
+            }
+        }
+        if report.total() > 0 {
+            self.log_head();
+        }
+        Ok(report)
+    }
+
+    fn resolve_in_doubt(
+        &self,
+        d: &DeliveryRecord,
+        dest: &dyn Destination,
+        report: &mut RecoveryReport,
+    ) -> Result<(), LedgerError> {
+        let Some(file) = self.ledger().get(d.file_id)? else {
+            return Ok(());
+        };
+        let look = (|| -> Result<(Option<u64>, Option<u64>), DeliverError> {
+            Ok((dest.size_of(&d.final_name)?, dest.size_of(&d.temp_name)?))
+        })();
+        let (final_size, temp_size) = match look {
+            Ok(x) => x,
+            Err(e) => {
+                // Cannot look: leave it in doubt; the next start (or an operator) decides.
+                tracing::error!(
+                    event = "alert.in-doubt",
+                    file_id = d.file_id,
+                    "delivery {} of file {} is in doubt and {} cannot be inspected: {e}",
+                    d.id,
+                    d.file_id,
+                    dest.describe()
+                );
+                if d.state == State::Delivering {
+                    self.ledger().with_tx(|tx| {
+                        tx.delivery_transition(
+                            d.id,
+                            State::InDoubt,
+                            "delivery.in-doubt",
+                            &format!("interrupted; destination not inspectable: {e}"),
+                            None,
+                        )
+                    })?;
+                }
+                return Ok(());
+            }
+        };
+        let mut ledger = self.ledger();
+        ledger.with_tx(|tx| {
+            if d.state == State::Delivering {
+                tx.delivery_transition(
+                    d.id,
+                    State::InDoubt,
+                    "delivery.in-doubt",
+                    "the daemon stopped while this delivery was in progress; checking the destination",
+                    None,
+                )?;
+            }
+            match (final_size, temp_size) {
+                (Some(sz), _) if sz == file.size => {
+                    let hash = dest.sha256_of(&d.final_name).ok().flatten();
+                    match hash {
+                        Some(h) if h != file.sha256 => {
+                            report.held += 1;
+                            tx.delivery_transition(
+                                d.id,
+                                State::Held,
+                                "delivery.held",
+                                &format!(
+                                    "{} exists with the right size but other content (sha256 {h}): \
+                                     an operator must compare it with file {}",
+                                    d.final_name, d.file_id
+                                ),
+                                None,
+                            )
+                        }
+                        _ => {
+                            report.delivered += 1;
+                            tx.delivery_transition(
+                                d.id,
+                                State::Delivered,
+                                "delivery.delivered",
+                                &format!(
+                                    "found {} at the destination after restart ({sz} bytes{}); recorded as delivered",
+                                    d.final_name,
+                                    if hash.is_some() { ", sha256 matches" } else { "" }
+                                ),
+                                None,
+                            )
+                        }
+                    }
+                }
+                (Some(sz), _) => {
+                    report.held += 1;
+                    tx.delivery_transition(
+                        d.id,
+                        State::Held,
+                        "delivery.held",
+                        &format!(
+                            "{} exists at the destination with {sz} bytes, expected {}: an \
+                             operator must check it",
+                            d.final_name, file.size
+                        ),
+                        None,
+                    )
+                }
+                (None, Some(_)) => {
+                    // The promote never happened: the bank cannot have the file. Redo.
+                    report.requeued += 1;
+                    tx.delivery_transition(
+                        d.id,
+                        State::Queued,
+                        "delivery.requeued",
+                        "the temporary file is still at the destination, the final name is not: \
+                         the file was never handed over; delivering again",
+                        None,
+                    )
+                }
+                (None, None) => {
+                    report.held += 1;
+                    tx.delivery_transition(
+                        d.id,
+                        State::Held,
+                        "delivery.held",
+                        &format!(
+                            "neither {} nor its temporary file is at {}: the recipient may already \
+                             have fetched it. Ask them; then `sluss ledger resolve {}` if it \
+                             arrived, or `sluss ledger retry {}` if it did not",
+                            d.final_name,
+                            dest.describe(),
+                            d.file_id,
+                            d.file_id
+                        ),
+                        None,
+                    )
+                }
+            }
+        })?;
+        drop(ledger);
+        if final_size.is_some() && temp_size.is_some() {
+            let _ = dest.remove(&d.temp_name);
+        }
+        if let Some(f) = self.ledger().get(d.file_id)? {
+            match f.state {
+                State::Held => tracing::error!(
+                    event = "alert.held",
+                    file_id = f.id,
+                    partner = %f.partner,
+                    "file {} ({}) held after restart: {}",
+                    f.id,
+                    f.original_name,
+                    f.reason.clone().unwrap_or_default()
+                ),
+                State::Delivered => self.after_delivered(f.id),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Run the delivery worker for one destination partner until `stop` is set.
+    pub fn run_worker(&self, destination: &str, stop: &AtomicBool) {
+        let Some(dp) = self.config.partner(destination) else {
+            return;
+        };
+        let dest = destination_of(dp);
+        while !stop.load(Ordering::Relaxed) {
+            let due = match self.ledger().due_deliveries(&crate::ledger::now_rfc3339(), 4 * BATCH) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!("ledger unavailable to the {destination} worker: {e}");
+                    self.wait_for_work(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            let mine: Vec<DeliveryRecord> = due
+                .into_iter()
+                .filter(|d| d.destination == destination)
+                .take(BATCH)
+                .collect();
+            if mine.is_empty() {
+                self.wait_for_work(POLL);
+                continue;
+            }
+            if let Err(e) = self.deliver_batch(dp, dest.as_ref(), &mine) {
+                tracing::error!("delivery batch to {destination} failed: {e}");
+                self.wait_for_work(Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Deliver a batch to one destination (steps 1–4 of the module comment).
+    pub fn deliver_batch(
+        &self,
+        dp: &Partner,
+        dest: &dyn Destination,
+        batch: &[DeliveryRecord],
+    ) -> Result<(), LedgerError> {
+        // Step 1: temporary files.
+        let mut written: Vec<(&DeliveryRecord, u64, String)> = Vec::new();
+        let mut failed: Vec<(&DeliveryRecord, String)> = Vec::new();
+        for d in batch {
+            let Some(file) = self.ledger().get(d.file_id)? else {
+                continue;
+            };
+            match dest.put_temp(&d.temp_name, Path::new(&file.spool_path)) {
+                Ok(sz) if sz == file.size => written.push((d, file.size, file.sha256)),
+                Ok(sz) => failed.push((
+                    d,
+                    format!("wrote {sz} bytes, expected {}", file.size),
+                )),
+                Err(e) => failed.push((d, e.to_string())),
+            }
+        }
+        if !written.is_empty()
+            && let Err(e) = dest.sync()
+        {
+            for (d, _, _) in written.drain(..) {
+                failed.push((d, e.to_string()));
+            }
+        }
+        // Step 2: record `delivering` for the batch in one commit.
+        if !written.is_empty() {
+            self.ledger().with_tx(|tx| {
+                for (d, _, _) in &written {
+                    tx.delivery_transition(
+                        d.id,
+                        State::Delivering,
+                        "delivery.started",
+                        &format!("handing over to {} as {}", dest.describe(), d.final_name),
+                        None,
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+        // Step 3: promote, then one fsync makes all the new names durable.
+        let mut promoted: Vec<(&DeliveryRecord, u64, String)> = Vec::new();
+        let mut after_start_failed: Vec<(&DeliveryRecord, String)> = Vec::new();
+        for (d, size, sha) in written {
+            match dest.promote(&d.temp_name, &d.final_name) {
+                Ok(()) => promoted.push((d, size, sha)),
+                Err(e) => after_start_failed.push((d, e.to_string())),
+            }
+        }
+        if !promoted.is_empty()
+            && let Err(e) = dest.sync()
+        {
+            // The names may not be durable; leave them `delivering`: recovery looks.
+            tracing::error!("could not make deliveries to {} durable: {e}", dest.describe());
+            return Ok(());
+        }
+        // Step 4: confirm and record.
+        let mut delivered_files = Vec::new();
+        let mut confirm_failed = Vec::new();
+        for (d, size, _sha) in &promoted {
+            match dest.size_of(&d.final_name) {
+                Ok(Some(sz)) if sz == *size => delivered_files.push((*d, *size)),
+                Ok(other) => confirm_failed.push((
+                    *d,
+                    format!(
+                        "after promotion {} has size {:?}, expected {size}",
+                        d.final_name, other
+                    ),
+                )),
+                Err(e) => confirm_failed.push((*d, e.to_string())),
+            }
+        }
+        let policy = RetryPolicy::for_partner(&self.config, dp);
+        let mut dead = Vec::new();
+        self.ledger().with_tx(|tx| {
+            for (d, size) in &delivered_files {
+                tx.delivery_transition(
+                    d.id,
+                    State::Delivered,
+                    "delivery.delivered",
+                    &format!("{} {} ({size} bytes, size confirmed)", dest.describe(), d.final_name),
+                    None,
+                )?;
+            }
+            for (d, why) in &confirm_failed {
+                // Something is at the final name but not what we wrote: a human decides.
+                tx.delivery_transition(d.id, State::Held, "delivery.held", why, None)?;
+                dead.push((d.file_id, why.clone()));
+            }
+            for (d, why) in &after_start_failed {
+                tx.delivery_transition(d.id, State::Queued, "delivery.retry", why, None)?;
+                if let Some(why) = schedule(tx, &policy, d, why)? {
+                    dead.push((d.file_id, why));
+                }
+            }
+            for (d, why) in &failed {
+                if let Some(why) = schedule(tx, &policy, d, why)? {
+                    dead.push((d.file_id, why));
+                }
+            }
+            Ok(())
+        })?;
+        for (d, size) in &delivered_files {
+            tracing::info!(
+                event = "delivery.delivered",
+                file_id = d.file_id,
+                destination = %d.destination,
+                name = %d.final_name,
+                size,
+                "delivered file {} to {} as {}",
+                d.file_id,
+                d.destination,
+                d.final_name
+            );
+        }
+        for (d, why) in failed.iter().chain(after_start_failed.iter()) {
+            tracing::warn!(
+                event = "delivery.retry",
+                file_id = d.file_id,
+                destination = %d.destination,
+                "delivery of file {} to {} failed, will retry: {why}",
+                d.file_id,
+                d.destination
+            );
+        }
+        for (file_id, why) in &dead {
+            tracing::error!(
+                event = "alert.dead-letter",
+                file_id,
+                destination = %dp.id,
+                "delivery of file {file_id} to {} held for an operator: {why}",
+                dp.id
+            );
+        }
+        if !delivered_files.is_empty() || !dead.is_empty() {
+            self.log_head();
+        }
+        for (d, _) in &delivered_files {
+            self.after_delivered(d.file_id);
+        }
+        Ok(())
+    }
+
+    /// A file whose deliveries are all done: apply the sender's archive policy.
+    fn after_delivered(&self, file_id: FileId) {
+        let rec = match self.ledger().get(file_id) {
+            Ok(Some(r)) if r.state == State::Delivered => r,
+            _ => return,
+        };
+        if let Err(e) = super::archive::archive_delivered(self, &rec) {
+            tracing::error!(
+                event = "archive.failed",
+                file_id,
+                "could not archive delivered file {file_id}; its spooled copy is kept: {e}"
+            );
+        }
+    }
+}
+
+/// Backoff for failed deliveries: exponential with ±20 % jitter, capped; dead-letter after
+/// `attempts` tries.
+struct RetryPolicy {
+    attempts: u32,
+    initial: Duration,
+    max: Duration,
+}
+
+impl RetryPolicy {
+    fn for_partner(config: &crate::config::Config, p: &Partner) -> RetryPolicy {
+        RetryPolicy {
+            attempts: p.delivery.attempts,
+            initial: Duration::from_secs(config.defaults.retry_initial_seconds),
+            max: Duration::from_secs(config.defaults.retry_max_seconds),
+        }
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let base = exp.min(self.max);
+        let mut r = [0u8; 2];
+        let _ = getrandom::fill(&mut r);
+        let jitter = (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.4 + 0.8;
+        base.mul_f64(jitter)
+    }
+}
+
+/// Schedule a retry, or hold (dead-letter) when attempts are used up. Returns the reason
+/// when it was dead-lettered.
+fn schedule(
+    tx: &mut crate::ledger::Tx<'_>,
+    policy: &RetryPolicy,
+    d: &DeliveryRecord,
+    why: &str,
+) -> Result<Option<String>, LedgerError> {
+    let attempts_before = d.attempts;
+    let next = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::try_from(policy.delay(attempts_before + 1)).unwrap_or_default())
+        .unwrap_or(jiff::Timestamp::now());
+    let attempts = tx.delivery_schedule_retry(d.id, &crate::ledger::format_ts(next), why)?;
+    if attempts >= policy.attempts {
+        let reason = format!(
+            "gave up after {attempts} attempts (last error: {why}); fix the destination, then \
+             `sluss ledger retry {}`",
+            d.file_id
+        );
+        tx.delivery_transition(d.id, State::Held, "delivery.dead-letter", &reason, None)?;
+        return Ok(Some(reason));
+    }
+    Ok(None)
+}
+
+/// What restart recovery decided.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecoveryReport {
+    pub delivered: usize,
+    pub requeued: usize,
+    pub held: usize,
+}
+
+impl RecoveryReport {
+    pub fn total(&self) -> usize {
+        self.delivered + self.requeued + self.held
+    }
+}

@@ -1,0 +1,517 @@
+//! Ingest: from "bytes handed over" to "accepted and recorded" (or "refused and kept").
+//!
+//! A file is accepted only once its bytes are durable in the spool (file and directory
+//! fsynced) and its ledger record, its state and its deliveries are committed in one
+//! transaction. Several files handed over together share one directory fsync and one
+//! commit (group commit); each still gets its own outcome.
+//!
+//! Checks, in order (the first that fails decides the reason): seal (per the partner's
+//! policy — invariant 4), seal-unprotected characters, structure, payer registered to the
+//! partner, duplicates, route. A refused file is kept (state `quarantined`) with its reason
+//! and raises an alert; nothing is ever deleted here.
+
+use super::route::{Route, route};
+use super::{Pipeline, PipelineError};
+use crate::config::{Partner, Role};
+use crate::formats::{self, Kind, Recognition};
+use crate::ledger::{DuplicateKind, FileId, NewFile, State};
+use crate::seal::{self, CharsetPolicy, SealVerdict};
+use crate::spool::{self, Written};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// How many seal-unprotected character positions a refusal quotes.
+const CHARSET_EXAMPLES: usize = 3;
+/// How many structure problems a refusal quotes (the rest are in `sluss inspect`).
+const STRUCTURE_EXAMPLES: usize = 3;
+
+/// One file handed to the pipeline.
+pub struct Incoming<'a> {
+    /// The name the sender gave it (recorded; never used as a path).
+    pub name: String,
+    pub reader: Box<dyn Read + 'a>,
+}
+
+/// What happened to one handed-over file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted {
+        id: FileId,
+        kind: String,
+        destinations: Vec<String>,
+    },
+    Refused {
+        id: FileId,
+        /// Stable word for machines (`seal:wrong-key`, `duplicate`, `structure`, …).
+        code: String,
+        /// One line for the sender's log, with what to do.
+        reason: String,
+    },
+}
+
+/// A file could not be taken at all (not recorded, not acknowledged: the sender keeps it).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("disk full while spooling {name:?}: the file was not accepted; free space in {dir}")]
+    DiskFull { name: String, dir: PathBuf },
+    #[error("could not spool {name:?}: {source}")]
+    Spool {
+        name: String,
+        #[source]
+        source: spool::SpoolError,
+    },
+    #[error("could not read {name:?} back from the spool: {source}")]
+    Analyse {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything learnt about a spooled file before it is recorded.
+struct Analysis {
+    rec: Recognition,
+    payload_sha256: String,
+    seal_verdict: String,
+    seal_kvv: Option<String>,
+    /// The first check that failed, if any.
+    refusal: Option<(String, String)>,
+}
+
+/// A spooled, analysed file waiting for the commit.
+struct Pending {
+    name: String,
+    written: Written,
+    analysis: Analysis,
+    destinations: Vec<String>,
+}
+
+impl Pipeline {
+    /// Hand files over as partner `partner_id`, arriving by `source` (e.g. `cli`, `sftp`).
+    /// Returns one result per file, in order. `Err` for the whole call only if the partner
+    /// is unknown or the ledger cannot commit (then nothing of this batch was accepted).
+    pub fn ingest(
+        &self,
+        partner_id: &str,
+        source: &str,
+        files: Vec<Incoming<'_>>,
+    ) -> Result<Vec<Result<Outcome, IngestError>>, PipelineError> {
+        let partner = self
+            .config
+            .partner(partner_id)
+            .ok_or_else(|| PipelineError::UnknownPartner(partner_id.to_string()))?;
+
+        // 1. Spool each file durably under a random name and analyse it.
+        let mut slots: Vec<Result<Pending, IngestError>> = Vec::with_capacity(files.len());
+        for inc in files {
+            slots.push(self.spool_and_analyse(partner, inc));
+        }
+        // The renames into spool/files become durable with one directory fsync for the batch.
+        if slots.iter().any(|s| s.is_ok()) {
+            spool::fsync_dir(&self.layout.files())?;
+            spool::fsync_dir(&self.layout.incoming())?;
+        }
+
+        // 2. One transaction records them all: duplicate check inside it, so two concurrent
+        //    ingests of the same payments cannot both be accepted.
+        let since = window_start(partner.duplicate_window);
+        let now_date = jiff::Zoned::now();
+        let mut ledger = self.ledger();
+        let recorded = ledger.with_tx(|tx| {
+            let mut out: Vec<Option<Outcome>> = Vec::with_capacity(slots.len());
+            for slot in &slots {
+                let Ok(p) = slot else {
+                    out.push(None);
+                    continue;
+                };
+                let a = &p.analysis;
+                let routing_json =
+                    serde_json::to_string(&a.rec.routing).unwrap_or_else(|_| "{}".into());
+                let id = tx.record_received(&NewFile {
+                    partner: &partner.id,
+                    source,
+                    original_name: &p.name,
+                    size: p.written.size,
+                    sha256: &p.written.sha256,
+                    payload_sha256: &a.payload_sha256,
+                    kind: a.rec.kind.as_str(),
+                    routing_json: &routing_json,
+                    message_id: a.rec.routing.message_id.as_deref(),
+                    seal_verdict: &a.seal_verdict,
+                    seal_kvv: a.seal_kvv.as_deref(),
+                    spool_path: &p.written.path.to_string_lossy(),
+                })?;
+                let mut refusal = a.refusal.clone();
+                if refusal.is_none() && a.rec.kind != Kind::Unknown {
+                    if let Some((orig, how)) = tx.find_duplicate(
+                        &partner.id,
+                        &p.written.sha256,
+                        &a.payload_sha256,
+                        a.rec.routing.message_id.as_deref(),
+                        &since,
+                    )? && orig != id
+                    {
+                        refusal = Some(("duplicate".into(), duplicate_reason(orig, how)));
+                    }
+                }
+                match refusal {
+                    Some((code, reason)) => {
+                        tx.transition(
+                            id,
+                            State::Quarantined,
+                            "file.quarantined",
+                            &format!("{code}: {reason}"),
+                            None,
+                        )?;
+                        out.push(Some(Outcome::Refused { id, code, reason }));
+                    }
+                    None => {
+                        tx.transition(
+                            id,
+                            State::Queued,
+                            "file.queued",
+                            &format!(
+                                "{} accepted; to {}",
+                                a.rec.kind.as_str(),
+                                p.destinations.join(", ")
+                            ),
+                            None,
+                        )?;
+                        for dest in &p.destinations {
+                            let dp = self.config.partner(dest).ok_or_else(|| {
+                                crate::ledger::LedgerError::Invalid(format!(
+                                    "route names unknown partner {dest}"
+                                ))
+                            })?;
+                            let final_name = super::deliver::final_name(
+                                dp,
+                                &partner.id,
+                                a.rec.kind.as_str(),
+                                id,
+                                &p.name,
+                                &now_date,
+                            );
+                            let temp_name = super::deliver::temp_name(id, &final_name);
+                            tx.add_delivery(
+                                id,
+                                dest,
+                                &super::deliver::describe_endpoint(self, dp),
+                                &final_name,
+                                &temp_name,
+                            )?;
+                        }
+                        out.push(Some(Outcome::Accepted {
+                            id,
+                            kind: a.rec.kind.as_str().to_string(),
+                            destinations: p.destinations.clone(),
+                        }));
+                    }
+                }
+            }
+            Ok(out)
+        });
+        drop(ledger);
+        let recorded = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing was acknowledged: remove the spooled copies so no orphan remains.
+                for p in slots.iter().flatten() {
+                    let _ = spool::discard(&p.written.path);
+                }
+                return Err(e.into());
+            }
+        };
+
+        let mut results = Vec::with_capacity(slots.len());
+        let mut any_queued = false;
+        for (slot, rec) in slots.into_iter().zip(recorded) {
+            match (slot, rec) {
+                (Err(e), _) => {
+                    tracing::error!(
+                        event = "ingest.failed",
+                        partner = %partner.id,
+                        source,
+                        "{e}"
+                    );
+                    results.push(Err(e));
+                }
+                (Ok(p), Some(o)) => {
+                    match &o {
+                        Outcome::Accepted {
+                            id,
+                            kind,
+                            destinations,
+                        } => {
+                            any_queued = true;
+                            tracing::info!(
+                                event = "file.accepted",
+                                file_id = id,
+                                partner = %partner.id,
+                                source,
+                                name = %p.name,
+                                kind = %kind,
+                                size = p.written.size,
+                                sha256 = %p.written.sha256,
+                                to = %destinations.join(","),
+                                "accepted {} from {} as {}",
+                                p.name,
+                                partner.id,
+                                kind
+                            );
+                        }
+                        Outcome::Refused { id, code, reason } => {
+                            tracing::error!(
+                                event = "alert.quarantined",
+                                file_id = id,
+                                partner = %partner.id,
+                                source,
+                                name = %p.name,
+                                code = %code,
+                                "quarantined {} from {}: {}",
+                                p.name,
+                                partner.id,
+                                reason
+                            );
+                        }
+                    }
+                    results.push(Ok(o));
+                }
+                (Ok(_), None) => unreachable!("every spooled file has an outcome"),
+            }
+        }
+        self.log_head();
+        if any_queued {
+            self.ring();
+        }
+        Ok(results)
+    }
+
+    /// Log the audit chain's head: a copy outside the database (see `verify-audit --head`).
+    pub fn log_head(&self) {
+        match self.ledger().head() {
+            Ok(h) => tracing::info!(event = "audit.head", head = %h, "ledger audit head {h}"),
+            Err(e) => tracing::warn!("could not read the ledger audit head: {e}"),
+        }
+    }
+
+    fn spool_and_analyse(
+        &self,
+        partner: &Partner,
+        inc: Incoming<'_>,
+    ) -> Result<Pending, IngestError> {
+        let name = inc.name;
+        let incoming = self.layout.incoming();
+        let written = spool::write_temp(&incoming, inc.reader, spool::MODE_SECRET).map_err(|e| {
+            if e.is_disk_full() {
+                IngestError::DiskFull {
+                    name: name.clone(),
+                    dir: incoming.clone(),
+                }
+            } else {
+                IngestError::Spool {
+                    name: name.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        let analysis = match analyse(&written.path, partner) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = spool::discard(&written.path);
+                return Err(IngestError::Analyse { name, source: e });
+            }
+        };
+        let mut analysis = analysis;
+        let mut destinations = Vec::new();
+        if analysis.refusal.is_none() {
+            let original_sender = analysis
+                .rec
+                .routing
+                .original_message_id
+                .as_deref()
+                .and_then(|m| self.ledger().partner_of_message(m).ok().flatten());
+            match route(
+                &self.config,
+                partner,
+                &analysis.rec,
+                original_sender.as_deref(),
+            ) {
+                Route::Deliver(d) => destinations = d,
+                Route::Refuse { code, reason } => analysis.refusal = Some((code.into(), reason)),
+            }
+        }
+        // Move into the store under a random name; durable with the batch's directory fsync.
+        let stored = self.layout.files().join(spool::random_token());
+        if let Err(e) = spool::rename_no_sync(&written.path, &stored) {
+            let _ = spool::discard(&written.path);
+            return Err(IngestError::Spool { name, source: e });
+        }
+        Ok(Pending {
+            name,
+            written: Written {
+                path: stored,
+                ..written
+            },
+            analysis,
+            destinations,
+        })
+    }
+}
+
+/// Recognise and check a spooled file against the partner's policy. Reads the file a few
+/// times (recognition, payload digest, seal, characters); each pass streams.
+fn analyse(path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
+    let rec = formats::recognise(BufReader::new(File::open(path)?))?;
+    let payload = seal::payload_digest(File::open(path)?)?;
+    let payload_sha256 = spool::hex_lower(&payload);
+    let mut refusal: Option<(String, String)> = None;
+    let mut seal_verdict = "not-sealed".to_string();
+    let mut seal_kvv = None;
+
+    let flat_payment_order = matches!(rec.kind, Kind::LbPaymentOrder | Kind::AutogiroOrder);
+    let must_check_seal = rec.sealed || (partner.seal.required && flat_payment_order);
+    if must_check_seal {
+        if partner.seal.keys.is_empty() {
+            seal_verdict = "no-key".into();
+            refusal = Some((
+                "seal:no-key".into(),
+                format!(
+                    "partner {} has no seal key loaded, so the seal cannot be checked; add the \
+                     key file to [seal] key_files in {}",
+                    partner.id,
+                    partner.source_file.display()
+                ),
+            ));
+        } else {
+            match seal::verify(&partner.seal.keys, File::open(path)?)? {
+                SealVerdict::Valid { kvv, .. } => {
+                    seal_verdict = "valid".into();
+                    seal_kvv = Some(kvv.as_str().to_string());
+                }
+                SealVerdict::Invalid(f) => {
+                    seal_verdict = f.code().to_string();
+                    refusal = Some((format!("seal:{}", f.code()), f.to_string()));
+                }
+            }
+        }
+    }
+
+    if refusal.is_none() && rec.sealed && partner.seal.charset != CharsetPolicy::Allow {
+        let scan = seal::unprotected_bytes(File::open(path)?, CHARSET_EXAMPLES)?;
+        if scan.total > 0 {
+            let where_ = scan
+                .findings
+                .iter()
+                .map(|f| format!("line {} column {} (byte 0x{:02X})", f.line, f.column, f.byte))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let msg = format!(
+                "{} character(s) the seal cannot protect (e.g. {where_}): they can be swapped \
+                 without breaking the seal; the sender must export plain ISO-8859-1 letters",
+                scan.total
+            );
+            if partner.seal.charset == CharsetPolicy::Reject {
+                refusal = Some(("charset".into(), msg));
+            } else {
+                tracing::warn!(event = "file.charset-warning", partner = %partner.id, "{msg}");
+            }
+        }
+    }
+
+    let strict_structure = rec.kind.is_payment_order() || rec.kind == Kind::Bgmax;
+    if refusal.is_none() && !rec.problems.is_empty() {
+        let list = rec
+            .problems
+            .iter()
+            .take(STRUCTURE_EXAMPLES)
+            .map(|p| match p.line {
+                Some(l) => format!("line {l}: {}", p.message),
+                None => p.message.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if strict_structure {
+            refusal = Some((
+                "structure".into(),
+                format!(
+                    "{} structure problem(s): {list} (all of them: `sluss inspect FILE`)",
+                    rec.problems.len()
+                ),
+            ));
+        } else {
+            tracing::warn!(event = "file.structure-warning", partner = %partner.id, "{list}");
+        }
+    }
+
+    if refusal.is_none() && partner.role == Role::Customer {
+        refusal = payer_check(partner, &rec);
+    }
+
+    Ok(Analysis {
+        rec,
+        payload_sha256,
+        seal_verdict,
+        seal_kvv,
+        refusal,
+    })
+}
+
+/// A customer may pay only from its own registered bankgiro numbers / accounts.
+fn payer_check(partner: &Partner, rec: &Recognition) -> Option<(String, String)> {
+    let (what, found, registered) = match rec.kind {
+        Kind::LbPaymentOrder | Kind::AutogiroOrder => (
+            "bankgiro",
+            &rec.routing.bankgiro,
+            &partner.routing.bankgiro,
+        ),
+        Kind::Pain001 => ("account", &rec.routing.account, &partner.routing.accounts),
+        _ => return None,
+    };
+    if found.is_empty() {
+        return Some((
+            "payer-not-registered".into(),
+            format!("the file names no payer {what}; cannot check it belongs to {}", partner.id),
+        ));
+    }
+    let foreign: Vec<&str> = found
+        .iter()
+        .filter(|f| !registered.contains(f))
+        .map(String::as_str)
+        .collect();
+    if foreign.is_empty() {
+        None
+    } else {
+        Some((
+            "payer-not-registered".into(),
+            format!(
+                "payer {what} {} is not registered to partner {}: a customer may only pay from \
+                 its own {what}s (add it under [routing] in {} if it really is theirs)",
+                foreign.join(", "),
+                partner.id,
+                partner.source_file.display()
+            ),
+        ))
+    }
+}
+
+fn duplicate_reason(orig: FileId, how: DuplicateKind) -> String {
+    let what = match how {
+        DuplicateKind::SameBytes => "the same bytes as",
+        DuplicateKind::SamePayload => "the same payment records as (re-sealed copy of)",
+        DuplicateKind::SameMessageId => "the same message id as",
+    };
+    format!(
+        "duplicate: {what} file {orig}, already accepted; not sent again (if it really must be \
+         paid twice, an operator can release it)"
+    )
+}
+
+/// The earliest `received_at` that still counts for duplicate detection.
+fn window_start(window: std::time::Duration) -> String {
+    let now = jiff::Timestamp::now();
+    let start = now
+        .checked_sub(jiff::SignedDuration::from_secs(window.as_secs() as i64))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    crate::ledger::format_ts(start)
+}
