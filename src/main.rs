@@ -39,6 +39,8 @@ enum Command {
     Ingest(cli::serve::IngestArgs),
     /// The operator's view of files and deliveries.
     Ledger(cli::ledger::LedgerArgs),
+    /// Archived (encrypted) copies of delivered files.
+    Archive(cli::ledger::ArchiveArgs),
 }
 
 fn init_logging(json: bool) {
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve::run_serve(a),
         Command::Ingest(a) => cli::serve::run_ingest(a),
         Command::Ledger(a) => cli::ledger::run(a),
+        Command::Archive(a) => cli::ledger::run_archive(a),
     };
     match result {
         Ok(code) => code,

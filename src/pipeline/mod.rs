@@ -134,3 +134,36 @@ pub fn os_user() -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
 }
+
+impl Pipeline {
+    /// After a crash: spooled files with no ledger record were never acknowledged (their
+    /// senders still hold them), and temporary files are partial. Move the former aside to
+    /// `spool/orphans` for inspection and remove the latter. Returns how many were orphans.
+    pub fn sweep_orphans(&self) -> Result<usize, PipelineError> {
+        for t in crate::spool::stale_temps(&self.layout.incoming()) {
+            crate::spool::discard(&t)?;
+        }
+        let Ok(rd) = std::fs::read_dir(self.layout.files()) else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        for e in rd.flatten() {
+            let path = e.path();
+            if crate::spool::stale_temps(&self.layout.files()).contains(&path) {
+                crate::spool::discard(&path)?;
+                continue;
+            }
+            if self
+                .ledger()
+                .spool_path_recorded(&path.to_string_lossy())?
+            {
+                continue;
+            }
+            crate::spool::ensure_dir(&self.layout.orphans())?;
+            let name = e.file_name();
+            crate::spool::move_file(&path, &self.layout.orphans().join(&name))?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}
