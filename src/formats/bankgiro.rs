@@ -30,7 +30,7 @@ pub fn check_digit_ok(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The 10-digit zero-padded form of a bankgiro number, if `text` is one with a valid check

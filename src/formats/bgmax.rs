@@ -3,8 +3,7 @@
 //! structure: TK01 first, sections TK05 … TK15, TK70 last with counts that match.
 
 use super::{
-    Kind, Line, Problems, RecordChecker, Routing, bankgiro, check_record_shape, latin1, lb,
-    quoted,
+    Kind, Line, Problems, RecordChecker, Routing, bankgiro, check_record_shape, latin1, lb, quoted,
 };
 
 #[derive(Default)]
@@ -28,7 +27,10 @@ const KNOWN_CODES: [&[u8]; 13] = [
 impl BgMax {
     fn opening(&mut self, line: &Line, routing: &mut Routing, problems: &mut Problems) {
         if self.seen_opening {
-            problems.at(line.no, "a second TK01 opening record; a BgMax file has one");
+            problems.at(
+                line.no,
+                "a second TK01 opening record; a BgMax file has one",
+            );
             return;
         }
         self.seen_opening = true;
@@ -45,7 +47,14 @@ impl BgMax {
         }
     }
 
-    fn check_count(&self, line: &Line, from: usize, what: &str, have: u64, problems: &mut Problems) {
+    fn check_count(
+        &self,
+        line: &Line,
+        from: usize,
+        what: &str,
+        have: u64,
+        problems: &mut Problems,
+    ) {
         match lb::parse_digits(line.field(from, from + 7), 8) {
             Some(n) if n == have => {}
             Some(n) => problems.at(
@@ -128,7 +137,13 @@ impl RecordChecker for BgMax {
                 }
                 self.end = Some(line.no);
                 self.check_count(line, 3, "payment records (TK20)", self.payments, problems);
-                self.check_count(line, 11, "deduction records (TK21)", self.deductions, problems);
+                self.check_count(
+                    line,
+                    11,
+                    "deduction records (TK21)",
+                    self.deductions,
+                    problems,
+                );
                 self.check_count(
                     line,
                     19,

@@ -183,12 +183,14 @@ pub(crate) fn recognise<R: BufRead>(reader: R) -> io::Result<Recognition> {
                 (e, empty)
             }
             Err(e) => {
-                if let quick_xml::Error::Io(io_err) = &e
-                    && io_err.kind() != io::ErrorKind::Other
-                {
-                    return Err(io::Error::new(io_err.kind(), io_err.to_string()));
-                }
-                if st.kind.is_some() || root_ns.is_some() {
+                if let quick_xml::Error::Io(io_err) = &e {
+                    if io_err.kind() != io::ErrorKind::Other {
+                        return Err(io::Error::new(io_err.kind(), io_err.to_string()));
+                    }
+                    // Our own budget said stop (see `Budgeted`).
+                    st.problems
+                        .at(line, format!("stopped reading the XML: {io_err}"));
+                } else if st.kind.is_some() || root_ns.is_some() {
                     st.problems
                         .at(line, format!("the XML is not well-formed: {e}"));
                 }
@@ -237,7 +239,9 @@ pub(crate) fn recognise<R: BufRead>(reader: R) -> io::Result<Recognition> {
                 if st.depth > MAX_XML_DEPTH {
                     st.problems.at(
                         line,
-                        format!("the XML nests deeper than {MAX_XML_DEPTH} levels; stopped reading"),
+                        format!(
+                            "the XML nests deeper than {MAX_XML_DEPTH} levels; stopped reading"
+                        ),
                     );
                     break;
                 }
@@ -349,7 +353,9 @@ fn close_element(st: &mut State, line: u64) {
                     Some(bg) => st.routing.add_bankgiro(bg),
                     None => st.problems.at(
                         line,
-                        format!("account id {id:?} with scheme BGNR is not a valid bankgiro number"),
+                        format!(
+                            "account id {id:?} with scheme BGNR is not a valid bankgiro number"
+                        ),
                     ),
                 }
             } else {

@@ -129,10 +129,9 @@ impl LbOrder {
         let code = latin1(line.field(1, 2));
         if code != "54" {
             let payee = line.field(3, 12);
-            if !is_payment_number(payee)
-                && !(payee.len() == bankgiro::FIELD_WIDTH
-                    && bankgiro::canonical(&latin1(payee)).is_some())
-            {
+            let is_bankgiro = payee.len() == bankgiro::FIELD_WIDTH
+                && bankgiro::canonical(&latin1(payee)).is_some();
+            if !(is_payment_number(payee) || is_bankgiro) {
                 problems.at(
                     line.no,
                     format!(

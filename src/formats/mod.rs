@@ -259,7 +259,9 @@ impl Line {
         }
     }
     pub(crate) fn is_blank(&self) -> bool {
-        self.len == 0 || (self.len as usize <= MAX_KEPT_LINE && self.bytes.iter().all(|b| *b == b' ' || *b == b'\t'))
+        self.len == 0
+            || (self.len as usize <= MAX_KEPT_LINE
+                && self.bytes.iter().all(|b| *b == b' ' || *b == b'\t'))
     }
     /// Positions `from..=to` (1-based, inclusive), clipped to what the line has.
     pub(crate) fn field(&self, from: usize, to: usize) -> &[u8] {
@@ -543,7 +545,11 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
                     problems.push(p.line, p.message);
                 }
                 let c = checker.insert(c);
-                if c.kind() != Kind::Unknown && sealed && c.strict() && seal_opening_len != RECORD_LEN {
+                if c.kind() != Kind::Unknown
+                    && sealed
+                    && c.strict()
+                    && seal_opening_len != RECORD_LEN
+                {
                     problems.at(
                         1,
                         format!("TK00 seal record is {seal_opening_len} characters; it must be exactly {RECORD_LEN}"),
@@ -579,7 +585,10 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
         }
         if chk.strict() {
             for no in pending_blank.drain(..) {
-                problems.at(no, "empty line between records; records follow each other without gaps");
+                problems.at(
+                    no,
+                    "empty line between records; records follow each other without gaps",
+                );
             }
             for _ in 0..pending_blank_more {
                 problems.at(last_record_no, "empty line between records");
@@ -593,7 +602,10 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
             if chk.strict() && line.len != RECORD_LEN {
                 problems.at(
                     line.no,
-                    format!("TK99 seal record is {} characters; it must be exactly {RECORD_LEN}", line.len),
+                    format!(
+                        "TK99 seal record is {} characters; it must be exactly {RECORD_LEN}",
+                        line.len
+                    ),
                 );
             }
             continue;
