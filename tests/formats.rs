@@ -601,6 +601,10 @@ proptest! {
         }
         let r = recognise_bytes(&data);
         prop_assert!(r.problems.len() <= formats::MAX_PROBLEMS + 1);
+        // Tiny reads (CR and LF in different buffers, tags split) change nothing.
+        let s = formats::recognise(std::io::BufReader::with_capacity(3, &data[..])).unwrap();
+        prop_assert_eq!((s.kind, s.sealed, &s.routing, s.records), (r.kind, r.sealed, &r.routing, r.records));
+        prop_assert_eq!(s.problems, r.problems);
     }
 }
 
