@@ -515,7 +515,6 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
     let mut pending_blank_more = 0u64;
     let mut seal_closing: Option<u64> = None;
     let mut after_tk99_reported = false;
-    let mut last_record_no = 0;
 
     while let Some(line) = lines.next_line()? {
         last_no = line.no;
@@ -556,7 +555,6 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
                     );
                 }
                 c.record(&line, &mut routing, &mut problems);
-                last_record_no = line.no;
             } else if preamble.len() < MAX_PREAMBLE_LINES {
                 preamble.push((line.no, line.is_blank()));
             } else {
@@ -590,8 +588,11 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
                     "empty line between records; records follow each other without gaps",
                 );
             }
-            for _ in 0..pending_blank_more {
-                problems.at(last_record_no, "empty line between records");
+            if pending_blank_more > 0 {
+                problems.at(
+                    line.no,
+                    format!("{pending_blank_more} more empty lines before this record"),
+                );
             }
         }
         pending_blank.clear();
@@ -611,7 +612,6 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
             continue;
         }
         chk.record(&line, &mut routing, &mut problems);
-        last_record_no = line.no;
     }
 
     let kind = match checker.as_mut() {
