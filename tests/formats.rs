@@ -460,6 +460,11 @@ fn pain001_gives_message_id_and_debtor_accounts() {
         .replace("<Document xmlns=", "<p:Document xmlns:p=")
         .replace("</Document>", "</p:Document>");
     assert_eq!(recognise_bytes(prefixed.as_bytes()).kind, Kind::Pain001);
+    // A UTF-8 byte-order mark and leading blank lines.
+    let bom = format!("\u{FEFF}\n\n{}", pain001());
+    let r = recognise_bytes(bom.as_bytes());
+    assert_eq!(r.kind, Kind::Pain001, "{:#?}", messages(&r));
+    assert_eq!(r.records, 16);
 }
 
 #[test]

@@ -85,9 +85,7 @@ impl<R: BufRead> Read for Budgeted<R> {
 impl<R: BufRead> BufRead for Budgeted<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.left == 0 {
-            return Err(io::Error::other(format!(
-                "an XML element, text or comment is longer than {MAX_XML_EVENT} bytes"
-            )));
+            return Err(io::Error::other(EventTooLong));
         }
         let left = self.left;
         let buf = self.inner.fill_buf()?;
@@ -106,6 +104,11 @@ impl<R: BufRead> BufRead for Budgeted<R> {
         self.inner.consume(n);
     }
 }
+
+/// The budget of one XML event ran out (told apart from real I/O errors by type).
+#[derive(Debug, thiserror::Error)]
+#[error("an XML element, text or comment is longer than {MAX_XML_EVENT} bytes")]
+struct EventTooLong;
 
 /// What a captured text is for.
 #[derive(Clone, Copy, PartialEq)]
@@ -184,10 +187,12 @@ pub(crate) fn recognise<R: BufRead>(reader: R) -> io::Result<Recognition> {
             }
             Err(e) => {
                 if let quick_xml::Error::Io(io_err) = &e {
-                    if io_err.kind() != io::ErrorKind::Other {
+                    let ours = io_err
+                        .get_ref()
+                        .is_some_and(|inner| inner.is::<EventTooLong>());
+                    if !ours {
                         return Err(io::Error::new(io_err.kind(), io_err.to_string()));
                     }
-                    // Our own budget said stop (see `Budgeted`).
                     st.problems
                         .at(line, format!("stopped reading the XML: {io_err}"));
                 } else if st.kind.is_some() || root_ns.is_some() {
