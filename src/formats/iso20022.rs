@@ -282,7 +282,8 @@ pub(crate) fn recognise<R: BufRead>(reader: R) -> io::Result<Recognition> {
                     st.path.pop();
                 }
                 st.depth = st.depth.saturating_sub(1);
-                if st.depth == 0 {
+                // The message element closed: Document holds exactly one, nothing to add.
+                if st.depth <= 1 {
                     break;
                 }
             }
