@@ -957,7 +957,7 @@ impl Tx<'_> {
         operator: Option<&str>,
     ) -> Result<(), LedgerError> {
         check_event(event)?;
-        let operator = operator.map(|o| checked_operator(o)).transpose()?;
+        let operator = operator.map(checked_operator).transpose()?;
         let file = self.file(id)?;
         if self.delivery_count(id)? > 0 {
             return Err(LedgerError::FollowsDeliveries { id });
@@ -1051,7 +1051,7 @@ impl Tx<'_> {
         operator: Option<&str>,
     ) -> Result<(), LedgerError> {
         check_event(event)?;
-        let operator = operator.map(|o| checked_operator(o)).transpose()?;
+        let operator = operator.map(checked_operator).transpose()?;
         self.delivery_change(d, to, event, reason, operator.as_deref(), None)
     }
 

@@ -135,6 +135,11 @@ pub(crate) fn open_connection(
     {
         return Err(unwritable("the directory does not exist".into()));
     }
+    if path.is_dir() {
+        return Err(unwritable(
+            "that path is a directory; give the ledger file's path".into(),
+        ));
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -815,6 +815,19 @@ fn truncating_the_newest_rows_is_caught_only_with_the_old_head() {
     );
 }
 
+/// seq, file_id, delivery_id, at, from_state, to_state, event, reason, operator
+type RawHistoryRow = (
+    i64,
+    i64,
+    Option<i64>,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
 #[test]
 fn a_consistently_rewritten_chain_is_caught_by_the_old_head() {
     let (_dir, path, ledger) = busy_ledger();
@@ -825,17 +838,7 @@ fn a_consistently_rewritten_chain_is_caught_by_the_old_head() {
         "DROP TRIGGER history_no_update; UPDATE history SET reason = 'rewritten' WHERE seq = 3",
     )
     .unwrap();
-    let rows: Vec<(
-        i64,
-        i64,
-        Option<i64>,
-        String,
-        Option<String>,
-        String,
-        String,
-        String,
-        Option<String>,
-    )> = {
+    let rows: Vec<RawHistoryRow> = {
         let mut stmt = c
             .prepare(
                 "SELECT seq, file_id, delivery_id, at, from_state, to_state, event, reason, operator \
@@ -1138,4 +1141,14 @@ fn timestamps_are_utc_with_milliseconds() {
         normalize_rfc3339("t", "2026-03-01T10:30:00+01:00").unwrap(),
         "2026-03-01T09:30:00.000Z"
     );
+}
+
+#[test]
+fn the_ledger_can_move_to_another_thread() {
+    fn is_send<T: Send>(_: &T) {}
+    let (_dir, path, ledger) = fresh();
+    is_send(&ledger);
+    let handle = std::thread::spawn(move || ledger.head().map(|h| h.seq));
+    assert_eq!(handle.join().unwrap().unwrap(), 0);
+    drop(path);
 }
