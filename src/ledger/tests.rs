@@ -1152,3 +1152,25 @@ fn the_ledger_can_move_to_another_thread() {
     assert_eq!(handle.join().unwrap().unwrap(), 0);
     drop(path);
 }
+
+#[test]
+fn a_ledger_with_a_corrupted_page_is_reported_damaged() {
+    let (_dir, path, mut ledger) = fresh();
+    for i in 0..50 {
+        let mut s = spec(&format!("in/{i}"), 'a', 'b');
+        s.sha = format!("{:064x}", i);
+        accepted(&mut ledger, &s);
+    }
+    drop(ledger); // the last connection checkpoints the WAL into the main file
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes.len() > 3 * 4096,
+        "ledger too small to corrupt a middle page"
+    );
+    for b in &mut bytes[2 * 4096..3 * 4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Ledger::open(&path).unwrap_err();
+    assert!(matches!(err, LedgerError::Damaged { .. }), "{err:?}");
+}
