@@ -235,7 +235,7 @@ pub fn run(a: LedgerArgs) -> anyhow::Result<ExitCode> {
         LedgerCmd::VerifyAudit { dir, head } => {
             let p = open(&dir)?;
             let report = p.ledger().verify_audit(head.as_deref())?;
-            if report.ok() {
+            if report.is_intact() {
                 println!("{report}");
                 Ok(ExitCode::SUCCESS)
             } else {

@@ -32,7 +32,6 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RELEASE_APPROVALS_REQUIRED: usize = 2;
 
 /// Rows returned by [`Ledger::list`] when the filter gives no limit.
-pub const DEFAULT_LIST_LIMIT: usize = 100;
 
 /// The ledger's file name inside the data directory.
 pub const LEDGER_FILE_NAME: &str = "ledger.sqlite";
@@ -328,7 +327,7 @@ pub struct RunRecord {
 pub struct ListFilter {
     pub partner: Option<String>,
     pub state: Option<State>,
-    /// Default [`DEFAULT_LIST_LIMIT`].
+    /// `None`: every matching record.
     pub limit: Option<usize>,
 }
 
@@ -475,7 +474,9 @@ pub fn now_rfc3339() -> String {
     format_ts(jiff::Timestamp::now())
 }
 
-fn format_ts(ts: jiff::Timestamp) -> String {
+/// A timestamp in the ledger's stored form (`2026-03-01T09:30:00.123Z`): UTC, milliseconds,
+/// so stored times compare correctly as text.
+pub fn format_ts(ts: jiff::Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
@@ -592,10 +593,30 @@ impl Ledger {
         self.read(|c| find_by_spool_path(c, spool_path))
     }
 
+    /// The partner whose accepted file carried ISO 20022 message id `message_id` (the sender
+    /// of the pain.001 a pain.002 answers), if exactly one partner did.
+    pub fn partner_of_message(&self, message_id: &str) -> Result<Option<String>, LedgerError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT DISTINCT partner FROM files WHERE message_id = ?1 \
+                 AND accepted_at IS NOT NULL LIMIT 2",
+            )?;
+            let partners = stmt
+                .query_map(params![message_id], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(if partners.len() == 1 {
+                partners.into_iter().next()
+            } else {
+                None
+            })
+        })
+    }
+
     /// Files, newest first.
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<FileRecord>, LedgerError> {
         self.read(|c| {
-            let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+            // No limit means every matching record (scripts depend on seeing them all).
+            let limit = filter.limit.map_or(i64::MAX, |l| l.min(i64::MAX as usize) as i64);
             let mut stmt = c.prepare(&format!(
                 "SELECT {FILE_COLUMNS} FROM files WHERE (?1 IS NULL OR partner = ?1) \
                  AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3"
@@ -1057,7 +1078,9 @@ impl Tx<'_> {
 
     /// After a failed attempt that certainly left nothing at the destination: back to
     /// `queued` (if it was `delivering`) with the next attempt at `next_attempt_at`. On an
-    /// already queued delivery only the schedule and error change. Returns attempts so far.
+    /// already queued delivery (the attempt failed before it was recorded as started, e.g.
+    /// the temporary file could not be written) the attempt is counted, so a destination
+    /// that never accepts anything is still dead-lettered. Returns attempts so far.
     pub fn delivery_schedule_retry(
         &mut self,
         d: DeliveryId,
@@ -1079,8 +1102,8 @@ impl Tx<'_> {
             }
             State::Queued => {
                 self.tx.execute(
-                    "UPDATE deliveries SET next_attempt_at = ?2, last_error = ?3, updated_at = ?4 \
-                     WHERE id = ?1",
+                    "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2, \
+                     last_error = ?3, updated_at = ?4 WHERE id = ?1",
                     params![d, next, error, now_rfc3339()],
                 )?;
             }

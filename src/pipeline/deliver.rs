@@ -233,6 +233,18 @@ impl Pipeline {
         };
         let mut ledger = self.ledger();
         ledger.with_tx(|tx| {
+            // The promote never happened: the recipient cannot have the file. Redo it — the
+            // one case that needs no operator (and the ledger allows only from `delivering`).
+            if final_size.is_none() && temp_size.is_some() && d.state == State::Delivering {
+                report.requeued += 1;
+                tx.delivery_schedule_retry(
+                    d.id,
+                    &crate::ledger::now_rfc3339(),
+                    "interrupted before the file was handed over (its temporary file is still \
+                     at the destination, the final name is not); delivering again",
+                )?;
+                return Ok(());
+            }
             if d.state == State::Delivering {
                 tx.delivery_transition(
                     d.id,
@@ -242,85 +254,70 @@ impl Pipeline {
                     None,
                 )?;
             }
-            match (final_size, temp_size) {
+            let (to, event, reason) = match (final_size, temp_size) {
                 (Some(sz), _) if sz == file.size => {
-                    let hash = dest.sha256_of(&d.final_name).ok().flatten();
-                    match hash {
-                        Some(h) if h != file.sha256 => {
-                            report.held += 1;
-                            tx.delivery_transition(
-                                d.id,
-                                State::Held,
-                                "delivery.held",
-                                &format!(
-                                    "{} exists with the right size but other content (sha256 {h}): \
-                                     an operator must compare it with file {}",
-                                    d.final_name, d.file_id
-                                ),
-                                None,
-                            )
-                        }
-                        _ => {
-                            report.delivered += 1;
-                            tx.delivery_transition(
-                                d.id,
-                                State::Delivered,
-                                "delivery.delivered",
-                                &format!(
-                                    "found {} at the destination after restart ({sz} bytes{}); recorded as delivered",
-                                    d.final_name,
-                                    if hash.is_some() { ", sha256 matches" } else { "" }
-                                ),
-                                None,
-                            )
-                        }
+                    match dest.sha256_of(&d.final_name).ok().flatten() {
+                        Some(h) if h != file.sha256 => (
+                            State::Held,
+                            "delivery.held",
+                            format!(
+                                "{} exists with the right size but other content (sha256 {h}): \
+                                 an operator must compare it with file {}",
+                                d.final_name, d.file_id
+                            ),
+                        ),
+                        hash => (
+                            State::Delivered,
+                            "delivery.delivered",
+                            format!(
+                                "found {} at the destination after restart ({sz} bytes{}); \
+                                 recorded as delivered",
+                                d.final_name,
+                                if hash.is_some() { ", sha256 matches" } else { "" }
+                            ),
+                        ),
                     }
                 }
-                (Some(sz), _) => {
-                    report.held += 1;
-                    tx.delivery_transition(
-                        d.id,
-                        State::Held,
-                        "delivery.held",
-                        &format!(
-                            "{} exists at the destination with {sz} bytes, expected {}: an \
-                             operator must check it",
-                            d.final_name, file.size
-                        ),
-                        None,
-                    )
-                }
-                (None, Some(_)) => {
-                    // The promote never happened: the bank cannot have the file. Redo.
-                    report.requeued += 1;
-                    tx.delivery_transition(
-                        d.id,
-                        State::Queued,
-                        "delivery.requeued",
-                        "the temporary file is still at the destination, the final name is not: \
-                         the file was never handed over; delivering again",
-                        None,
-                    )
-                }
-                (None, None) => {
-                    report.held += 1;
-                    tx.delivery_transition(
-                        d.id,
-                        State::Held,
-                        "delivery.held",
-                        &format!(
-                            "neither {} nor its temporary file is at {}: the recipient may already \
-                             have fetched it. Ask them; then `sluss ledger resolve {}` if it \
-                             arrived, or `sluss ledger retry {}` if it did not",
-                            d.final_name,
-                            dest.describe(),
-                            d.file_id,
-                            d.file_id
-                        ),
-                        None,
-                    )
-                }
+                (Some(sz), _) => (
+                    State::Held,
+                    "delivery.held",
+                    format!(
+                        "{} exists at the destination with {sz} bytes, expected {}: an \
+                         operator must check it",
+                        d.final_name, file.size
+                    ),
+                ),
+                (None, Some(_)) => (
+                    State::Held,
+                    "delivery.held",
+                    format!(
+                        "only the temporary file {} is at {}; an operator confirms and \
+                         retries (`sluss ledger retry {}`)",
+                        d.temp_name,
+                        dest.describe(),
+                        d.file_id
+                    ),
+                ),
+                (None, None) => (
+                    State::Held,
+                    "delivery.held",
+                    format!(
+                        "neither {} nor its temporary file is at {}: the recipient may already \
+                         have fetched it. Ask them; then `sluss ledger resolve {}` if it \
+                         arrived, or `sluss ledger retry {}` if it did not",
+                        d.final_name,
+                        dest.describe(),
+                        d.file_id,
+                        d.file_id
+                    ),
+                ),
+            };
+            if to == State::Delivered {
+                report.delivered += 1;
+            } else {
+                report.held += 1;
             }
+            tx.delivery_transition(d.id, to, event, &reason, None)
         })?;
         drop(ledger);
         if final_size.is_some() && temp_size.is_some() {
@@ -470,7 +467,6 @@ impl Pipeline {
                 dead.push((d.file_id, why.clone()));
             }
             for (d, why) in &after_start_failed {
-                tx.delivery_transition(d.id, State::Queued, "delivery.retry", why, None)?;
                 if let Some(why) = schedule(tx, &policy, d, why)? {
                     dead.push((d.file_id, why));
                 }
@@ -551,8 +547,8 @@ impl RetryPolicy {
     fn for_partner(config: &crate::config::Config, p: &Partner) -> RetryPolicy {
         RetryPolicy {
             attempts: p.delivery.attempts,
-            initial: Duration::from_secs(config.defaults.retry_initial_seconds),
-            max: Duration::from_secs(config.defaults.retry_max_seconds),
+            initial: config.defaults.retry_initial,
+            max: config.defaults.retry_max,
         }
     }
 

@@ -180,9 +180,10 @@ impl Pipeline {
                         )?;
                         for dest in &p.destinations {
                             let dp = self.config.partner(dest).ok_or_else(|| {
-                                crate::ledger::LedgerError::Invalid(format!(
-                                    "route names unknown partner {dest}"
-                                ))
+                                crate::ledger::LedgerError::InvalidInput {
+                                    field: "destination",
+                                    detail: format!("route names unknown partner {dest}"),
+                                }
                             })?;
                             let final_name = super::deliver::final_name(
                                 dp,

@@ -155,7 +155,8 @@ impl Pipeline {
             }
             if self
                 .ledger()
-                .spool_path_recorded(&path.to_string_lossy())?
+                .find_by_spool_path(&path.to_string_lossy())?
+                .is_some()
             {
                 continue;
             }
