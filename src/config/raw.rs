@@ -201,7 +201,42 @@ impl<'a> SpannedDoc<'a> {
     pub fn path_at(&self, offset: usize) -> String {
         let mut path = String::new();
         walk_table(self.root.get_ref(), offset, &mut path);
+        if !path.is_empty() {
+            return path;
+        }
+        // A `[table]`'s span covers only its header, not the keys below it: the key
+        // belongs to the last header before it.
+        let mut best = None;
+        headers(self.root.get_ref(), "", offset, &mut best);
+        let Some((_, mut path, table)) = best else {
+            return path;
+        };
+        walk_table(table, offset, &mut path);
         path
+    }
+}
+
+/// The table (any depth) with the latest start at or before `offset`.
+fn headers<'t, 'i>(
+    t: &'t DeTable<'i>,
+    prefix: &str,
+    offset: usize,
+    best: &mut Option<(usize, String, &'t DeTable<'i>)>,
+) {
+    for (k, v) in t.iter() {
+        let Some(inner) = v.get_ref().as_table() else {
+            continue;
+        };
+        let path = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        let start = v.span().start;
+        if start <= offset && best.as_ref().is_none_or(|(b, _, _)| start >= *b) {
+            *best = Some((start, path.clone(), inner));
+        }
+        headers(inner, &path, offset, best);
     }
 }
 
@@ -234,5 +269,9 @@ fn walk_value(v: &DeValue<'_>, offset: usize, path: &mut String) {
 
 pub fn line_at(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }

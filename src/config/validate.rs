@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::raw::{self, SpannedDoc};
 use super::{
     Archive, CharsetPolicy, Config, ConfigError, ConfigErrors, Defaults, Delivery, Endpoint,
-    KeyError, LogConfig, LogFormat, Loaded, MAIN_FILE, Partner, PendingKey, PendingKeyKind,
-    Role, RoutingKeys, SealKey, SealPolicy, bankgiro,
+    KeyError, Loaded, LogConfig, LogFormat, MAIN_FILE, Partner, PendingKey, PendingKeyKind, Role,
+    RoutingKeys, SealKey, SealPolicy, bankgiro,
 };
 
 /// Defaults of `sluss.toml` when a field is left out.
@@ -80,7 +80,13 @@ impl FileCx<'_, '_> {
         self.doc.line_of(field)
     }
 
-    fn err(&self, p: &mut Problems, field: &str, message: impl Into<String>, fix: impl Into<String>) {
+    fn err(
+        &self,
+        p: &mut Problems,
+        field: &str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
         p.push(self.file, self.line(field), field, message, fix);
     }
 }
@@ -139,7 +145,10 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
         .and_then(|text| parse_file::<raw::RawMain>(&main_file, text, &mut p));
     let (data_dir, keys_dir, jobs_dir_raw, defaults, log) = match &main_raw {
         Some((doc, r)) => {
-            let cx = FileCx { file: &main_file, doc };
+            let cx = FileCx {
+                file: &main_file,
+                doc,
+            };
             main_settings(&cx, r, &abs_dir, &mut p)
         }
         None => (
@@ -181,7 +190,10 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
             broken.insert(stem);
             continue;
         };
-        let cx = FileCx { file: &shown, doc: &doc };
+        let cx = FileCx {
+            file: &shown,
+            doc: &doc,
+        };
         let source = jobs_dir.join(format!("{stem}.toml"));
         drafts.push(partner(&cx, &env, &stem, source, raw, &mut pending, &mut p));
     }
@@ -235,7 +247,13 @@ fn read_text(file: &Path, p: &mut Problems) -> Option<String> {
             return None;
         }
         Err(e) => {
-            p.push(file, None, "", format!("cannot read: {e}"), "make it readable by the sluss user");
+            p.push(
+                file,
+                None,
+                "",
+                format!("cannot read: {e}"),
+                "make it readable by the sluss user",
+            );
             return None;
         }
     };
@@ -252,7 +270,13 @@ fn read_text(file: &Path, p: &mut Problems) -> Option<String> {
     match std::fs::read_to_string(file) {
         Ok(t) => Some(t),
         Err(e) => {
-            p.push(file, None, "", format!("cannot read: {e}"), "make it a readable UTF-8 text file");
+            p.push(
+                file,
+                None,
+                "",
+                format!("cannot read: {e}"),
+                "make it a readable UTF-8 text file",
+            );
             None
         }
     }
@@ -334,7 +358,10 @@ fn partner_files(
                 main_file,
                 None,
                 "jobs_dir",
-                format!("cannot read the partner directory {}: {e}", jobs_dir.display()),
+                format!(
+                    "cannot read the partner directory {}: {e}",
+                    jobs_dir.display()
+                ),
                 "create it, or set jobs_dir to the directory holding the partner files",
             );
             return Vec::new();
@@ -390,7 +417,12 @@ fn main_settings(
     let mut dir_field = |field: &str, v: &Option<String>, default: &str| -> String {
         match v {
             Some(s) if s.trim().is_empty() => {
-                cx.err(p, field, "is empty", format!("give a path, e.g. \"{default}\", or leave the field out"));
+                cx.err(
+                    p,
+                    field,
+                    "is empty",
+                    format!("give a path, e.g. \"{default}\", or leave the field out"),
+                );
                 default.to_string()
             }
             Some(s) => s.clone(),
@@ -484,8 +516,7 @@ fn valid_id(id: &str) -> bool {
     !b.is_empty()
         && b.len() <= MAX_ID_LEN
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
@@ -514,7 +545,11 @@ fn iban_valid(iban: &str) -> bool {
         } else {
             u32::from(c - b'A') + 10
         };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -529,7 +564,9 @@ fn check_name_template(t: &str) -> Result<(), String> {
         return Err("contains a path separator; it names a file inside the delivery folder".into());
     }
     if t.starts_with('.') {
-        return Err("starts with `.`; such names are hidden and look like files still being written".into());
+        return Err(
+            "starts with `.`; such names are hidden and look like files still being written".into(),
+        );
     }
     let mut rest = t;
     let mut has_id = false;
@@ -588,7 +625,12 @@ fn partner(
         );
     }
     if rp.name.trim().is_empty() {
-        cx.err(p, "partner.name", "is empty", "give the partner's name, e.g. \"Demo Kund AB\"");
+        cx.err(
+            p,
+            "partner.name",
+            "is empty",
+            "give the partner's name, e.g. \"Demo Kund AB\"",
+        );
     }
     let org_number = rp.org_number.as_deref().and_then(|o| {
         let digits: String = o.chars().filter(|c| *c != '-').collect();
@@ -650,7 +692,11 @@ fn partner(
         if let Some(n) = &rr.customer_number {
             let n = n.trim();
             if n.len() == 6 && n.bytes().all(|c| c.is_ascii_digit()) {
-                claims.push(("customer number".to_string(), n.to_string(), claim("routing.customer_number")));
+                claims.push((
+                    "customer number".to_string(),
+                    n.to_string(),
+                    claim("routing.customer_number"),
+                ));
                 routing.customer_number = Some(n.to_string());
             } else {
                 cx.err(
@@ -665,7 +711,11 @@ fn partner(
             let field = format!("routing.accounts[{i}]");
             let norm = normalise_account(a);
             let is_iban = norm.bytes().take(2).all(|c| c.is_ascii_alphabetic());
-            let ok = if is_iban { iban_valid(&norm) } else { domestic_account_valid(&norm) };
+            let ok = if is_iban {
+                iban_valid(&norm)
+            } else {
+                domestic_account_valid(&norm)
+            };
             if !ok {
                 let what = if is_iban {
                     "is not a valid IBAN (length or check digits wrong)"
@@ -679,7 +729,12 @@ fn partner(
                     "copy it again from the bank agreement, e.g. \"SE45 5000 0000 0583 9825 7466\"",
                 );
             } else if routing.accounts.contains(&norm) {
-                cx.err(p, &field, format!("account {norm} is listed twice"), "list it once");
+                cx.err(
+                    p,
+                    &field,
+                    format!("account {norm} is listed twice"),
+                    "list it once",
+                );
             } else {
                 claims.push(("account".to_string(), norm.clone(), claim(&field)));
                 routing.accounts.push(norm);
@@ -795,7 +850,12 @@ fn partner(
         (None, Role::Bank) => {}
         (Some(rp), Role::Customer) => {
             match &rp.bank {
-                Some(b) => bank_ref = Some(Claim { partner: b.clone(), ..claim("payments.bank") }),
+                Some(b) => {
+                    bank_ref = Some(Claim {
+                        partner: b.clone(),
+                        ..claim("payments.bank")
+                    })
+                }
                 None => cx.err(
                     p,
                     "payments.bank",
@@ -969,15 +1029,30 @@ fn load_key(path: &Path) -> KeyState {
 }
 
 /// `endpoint = { type = "local", path = "…" }` → the absolute folder.
-fn endpoint(cx: &FileCx<'_, '_>, env: &Env<'_>, t: &toml::Table, p: &mut Problems) -> Option<PathBuf> {
+fn endpoint(
+    cx: &FileCx<'_, '_>,
+    env: &Env<'_>,
+    t: &toml::Table,
+    p: &mut Problems,
+) -> Option<PathBuf> {
     let kind = match t.get("type") {
         Some(toml::Value::String(s)) => s.as_str(),
         Some(_) => {
-            cx.err(p, "delivery.endpoint.type", "must be a string", "write type = \"local\"");
+            cx.err(
+                p,
+                "delivery.endpoint.type",
+                "must be a string",
+                "write type = \"local\"",
+            );
             return None;
         }
         None => {
-            cx.err(p, "delivery.endpoint.type", "the endpoint has no type", "add type = \"local\"");
+            cx.err(
+                p,
+                "delivery.endpoint.type",
+                "the endpoint has no type",
+                "add type = \"local\"",
+            );
             return None;
         }
     };
@@ -1015,11 +1090,21 @@ fn endpoint(cx: &FileCx<'_, '_>, env: &Env<'_>, t: &toml::Table, p: &mut Problem
     let path = match t.get("path") {
         Some(toml::Value::String(s)) if !s.trim().is_empty() => resolve(env.dir, s),
         Some(_) => {
-            cx.err(p, "delivery.endpoint.path", "must be a non-empty string", "give the folder, e.g. \"var/bank-outbox\"");
+            cx.err(
+                p,
+                "delivery.endpoint.path",
+                "must be a non-empty string",
+                "give the folder, e.g. \"var/bank-outbox\"",
+            );
             return None;
         }
         None => {
-            cx.err(p, "delivery.endpoint.path", "a local endpoint needs a path", "add path = \"var/bank-outbox\" (relative to the config directory)");
+            cx.err(
+                p,
+                "delivery.endpoint.path",
+                "a local endpoint needs a path",
+                "add path = \"var/bank-outbox\" (relative to the config directory)",
+            );
             return None;
         }
     };
@@ -1062,7 +1147,11 @@ fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &m
                 &d.shown,
                 None,
                 "partner.id",
-                format!("partner id `{}` is also used by {}", d.partner.id, first.shown.display()),
+                format!(
+                    "partner id `{}` is also used by {}",
+                    d.partner.id,
+                    first.shown.display()
+                ),
                 "give each partner its own id, equal to its file name",
             );
         }
@@ -1078,7 +1167,7 @@ fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &m
                     c.line,
                     &c.field,
                     format!("{what} {value} is also claimed by partner `{}` ({})", first.partner, at(first)),
-                    format!("a {what} routes to one partner only: remove it from one of the two files"),
+                    format!("each {what} routes to one partner only: remove it from one of the two files"),
                 ),
                 Some(_) => {}
                 None => {
@@ -1112,9 +1201,16 @@ fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &m
                     &c.file,
                     c.line,
                     &c.field,
-                    format!("there is no partner `{}` in {}", c.partner, env.jobs_dir.display()),
+                    format!(
+                        "there is no partner `{}` in {}",
+                        c.partner,
+                        env.jobs_dir.display()
+                    ),
                     if banks.is_empty() {
-                        format!("add jobs.d/{}.toml for the bank, or correct the name", c.partner)
+                        format!(
+                            "add jobs.d/{}.toml for the bank, or correct the name",
+                            c.partner
+                        )
                     } else {
                         format!("correct the name; bank partners: {}", banks.join(", "))
                     },
@@ -1135,7 +1231,11 @@ fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &m
                 continue;
             }
             if pa.starts_with(pb) || pb.starts_with(pa) {
-                let how = if pa == pb { "the same folder as" } else { "a folder overlapping that of" };
+                let how = if pa == pb {
+                    "the same folder as"
+                } else {
+                    "a folder overlapping that of"
+                };
                 p.push(
                     &a.shown,
                     a.delivery_line,
