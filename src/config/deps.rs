@@ -100,6 +100,6 @@ pub mod bankgiro {
                 }
             })
             .sum();
-        (sum % 10 == 0).then(|| format!("{digits:0>10}"))
+        sum.is_multiple_of(10).then(|| format!("{digits:0>10}"))
     }
 }

@@ -179,14 +179,11 @@ impl<'a> SpannedDoc<'a> {
     pub fn line_of(&self, path: &str) -> Option<usize> {
         let mut span: Option<Range<usize>> = None;
         let mut table = Some(self.root.get_ref());
-        let mut array = None;
+        let mut array: Option<&toml::de::DeArray<'_>> = None;
         for seg in segments(path) {
             let next = match (seg, table, array) {
                 (Seg::Key(k), Some(t), _) => t.get(k),
-                (Seg::Index(i), _, Some(a)) => {
-                    let a: &toml::de::DeArray<'_> = a;
-                    a.iter().nth(i)
-                }
+                (Seg::Index(i), _, Some(a)) => a.get(i),
                 _ => None,
             };
             let Some(v) = next else { break };
