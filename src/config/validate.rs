@@ -1252,3 +1252,98 @@ fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &m
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn iban_check_digits() {
+        assert!(iban_valid("SE4550000000058398257466"));
+        assert!(iban_valid("GB82WEST12345698765432"));
+        assert!(!iban_valid("SE4550000000058398257467"));
+        assert!(!iban_valid("SE45"));
+        assert!(!iban_valid("SE45500000000583982574ÅÄ"));
+        assert_eq!(normalise_account("se45 5000-0000"), "SE4550000000");
+    }
+
+    #[test]
+    fn name_templates() {
+        assert!(check_name_template(DEFAULT_NAME_TEMPLATE).is_ok());
+        assert!(check_name_template("{original}.{id}").is_ok());
+        assert!(
+            check_name_template("{partner}.dat")
+                .unwrap_err()
+                .contains("{id}")
+        );
+        assert!(check_name_template("x/{id}").is_err());
+        assert!(check_name_template(".{id}").is_err());
+        assert!(check_name_template("{id").is_err());
+        assert!(check_name_template("{id}}").is_err());
+        assert!(
+            check_name_template("{ID}")
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+    }
+
+    #[test]
+    fn partner_ids() {
+        assert!(valid_id("demo-bank"));
+        assert!(valid_id("0a"));
+        assert!(!valid_id("-demo"));
+        assert!(!valid_id("Demo"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(&"a".repeat(MAX_ID_LEN + 1)));
+    }
+
+    #[test]
+    fn resolve_folds_dots_and_keeps_absolute_paths() {
+        let base = Path::new("/etc/sluss");
+        assert_eq!(
+            resolve(base, "./var/../var/x"),
+            Path::new("/etc/sluss/var/x")
+        );
+        assert_eq!(resolve(base, "/srv/out"), Path::new("/srv/out"));
+    }
+
+    #[test]
+    fn field_paths_map_to_lines_and_back() {
+        let text = "[seal]\nrequired = true\nkey_files = [\n  \"a\",\n  \"b\",\n]\n\n[delivery]\nendpoint = { type = \"local\" }\n";
+        let doc = SpannedDoc::parse(text).unwrap();
+        assert_eq!(doc.line_of("seal.required"), Some(2));
+        assert_eq!(doc.line_of("seal.key_files[1]"), Some(5));
+        assert_eq!(
+            doc.line_of("seal.charset"),
+            Some(1),
+            "missing field: its table"
+        );
+        assert_eq!(doc.line_of("delivery.endpoint.type"), Some(9));
+        assert_eq!(doc.line_of("archive"), None);
+        let at = |needle: &str| doc.path_at(text.find(needle).unwrap());
+        assert_eq!(at("true"), "seal.required");
+        assert_eq!(at("\"b\""), "seal.key_files[1]");
+        assert_eq!(at("\"local\""), "delivery.endpoint.type");
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_problem_or_a_value_never_a_panic(text in "\\PC{0,300}") {
+            let mut p = Problems::default();
+            let _ = parse_file::<raw::RawPartnerFile>(Path::new("x.toml"), &text, &mut p);
+            let _ = parse_file::<raw::RawMain>(Path::new("sluss.toml"), &text, &mut p);
+        }
+
+        #[test]
+        fn table_like_text_never_panics(text in "(\\[[a-z]{1,8}\\]\n|[a-z_]{1,10} = (1|\"x\"|\\[\"a\"\\]|\\{ a = 1 \\})\n){0,12}") {
+            let mut p = Problems::default();
+            let _ = parse_file::<raw::RawPartnerFile>(Path::new("x.toml"), &text, &mut p);
+            if let Ok(doc) = SpannedDoc::parse(&text) {
+                for i in 0..=text.len() {
+                    let _ = doc.path_at(i);
+                }
+            }
+        }
+    }
+}
