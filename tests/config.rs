@@ -5,6 +5,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sluss::config::{self, Archive, ConfigErrors, Endpoint, Role};
 
@@ -610,4 +611,42 @@ fn examples_in_the_docs_are_valid() {
             ..
         }
     ));
+}
+
+#[test]
+fn partner_overrides_defaults_and_defaults_are_range_checked() {
+    let tmp = example();
+    edit(
+        tmp.path(),
+        "jobs.d/demo.toml",
+        "bank = \"demo-bank\"",
+        "bank = \"demo-bank\"\nduplicate_window_days = 7",
+    );
+    edit(
+        tmp.path(),
+        "jobs.d/demo.toml",
+        "[delivery]",
+        "[delivery]\nattempts = 3",
+    );
+    let loaded = config::load(tmp.path()).unwrap();
+    let c = &loaded.config;
+    let demo = c.partner("demo").unwrap();
+    assert_eq!(demo.duplicate_window, Duration::from_secs(7 * 86_400));
+    assert_eq!(demo.delivery.attempts, 3);
+    let bank = c.partner("demo-bank").unwrap();
+    assert_eq!(bank.delivery.attempts, 10);
+    assert_eq!(
+        c.defaults.duplicate_window,
+        Duration::from_secs(30 * 86_400)
+    );
+
+    edit(
+        tmp.path(),
+        "sluss.toml",
+        "retry_max_seconds = 3600",
+        "retry_max_seconds = 10",
+    );
+    let errs = errors(tmp.path());
+    let e = problem(&errs, "is below retry_initial_seconds");
+    assert_eq!(e.field, "defaults.retry_max_seconds");
 }

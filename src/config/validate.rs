@@ -863,17 +863,16 @@ fn partner(
                     "add bank = \"<id of a bank partner>\" to [payments]",
                 ),
             }
-            let days_raw = int_in(
-                cx,
-                p,
-                "payments.duplicate_window_days",
-                rp.duplicate_window_days,
-                1,
-                MAX_DUPLICATE_WINDOW_DAYS,
-                0,
-            );
-            if days_raw > 0 {
-                duplicate_window = days(days_raw);
+            if let Some(v) = rp.duplicate_window_days {
+                duplicate_window = days(int_in(
+                    cx,
+                    p,
+                    "payments.duplicate_window_days",
+                    Some(v),
+                    1,
+                    MAX_DUPLICATE_WINDOW_DAYS,
+                    DEFAULT_DUPLICATE_WINDOW_DAYS,
+                ));
             }
         }
     }
@@ -989,6 +988,8 @@ fn partner(
             bank: bank_ref.as_ref().map(|c| c.partner.clone()),
             duplicate_window,
             delivery: Delivery {
+                // An empty path only when the endpoint had a problem, which is reported:
+                // this draft then never reaches a Config.
                 endpoint: Endpoint::Local {
                     path: endpoint_path.unwrap_or_default(),
                 },
