@@ -652,184 +652,14 @@ fn partner(
         raw::RawRole::Bank => Role::Bank,
     };
 
-    let mut claims = Vec::new();
+    let (routing, claims) = routing_keys(cx, role, &id, r.routing.as_ref(), p);
+    let seal = seal_policy(cx, env, role, &id, r.seal.as_ref(), pending, p);
     let claim = |field: &str| Claim {
         partner: id.clone(),
         file: cx.file.to_path_buf(),
         line: cx.line(field),
         field: field.to_string(),
     };
-
-    // Routing keys.
-    let mut routing = RoutingKeys::default();
-    if let Some(rr) = &r.routing {
-        if role == Role::Bank {
-            cx.err(
-                p,
-                "routing",
-                "a bank partner has no routing keys: they route bank files to customers",
-                "move these keys to the customer they belong to and remove [routing] here",
-            );
-        }
-        for (i, bg) in rr.bankgiro.iter().enumerate() {
-            let field = format!("routing.bankgiro[{i}]");
-            match bankgiro::canonical(bg) {
-                Some(c) if routing.bankgiro.contains(&c) => {
-                    cx.err(p, &field, format!("bankgiro {c} is listed twice"), "list it once");
-                }
-                Some(c) => {
-                    claims.push(("bankgiro".to_string(), c.clone(), claim(&field)));
-                    routing.bankgiro.push(c);
-                }
-                None => cx.err(
-                    p,
-                    &field,
-                    format!("`{bg}` is not a valid bankgiro number (wrong check digit or not 7-8 digits)"),
-                    "copy the number again from the customer's agreement, e.g. \"991-2346\"",
-                ),
-            }
-        }
-        if let Some(n) = &rr.customer_number {
-            let n = n.trim();
-            if n.len() == 6 && n.bytes().all(|c| c.is_ascii_digit()) {
-                claims.push((
-                    "customer number".to_string(),
-                    n.to_string(),
-                    claim("routing.customer_number"),
-                ));
-                routing.customer_number = Some(n.to_string());
-            } else {
-                cx.err(
-                    p,
-                    "routing.customer_number",
-                    format!("`{n}` is not a Bankgirot customer number"),
-                    "write the 6 digits Bankgirot assigned, e.g. \"123456\", or leave the field out",
-                );
-            }
-        }
-        for (i, a) in rr.accounts.iter().enumerate() {
-            let field = format!("routing.accounts[{i}]");
-            let norm = normalise_account(a);
-            let is_iban = norm.bytes().take(2).all(|c| c.is_ascii_alphabetic());
-            let ok = if is_iban {
-                iban_valid(&norm)
-            } else {
-                domestic_account_valid(&norm)
-            };
-            if !ok {
-                let what = if is_iban {
-                    "is not a valid IBAN (length or check digits wrong)"
-                } else {
-                    "is not an account number (clearing and account number, digits only)"
-                };
-                cx.err(
-                    p,
-                    &field,
-                    format!("`{a}` {what}"),
-                    "copy it again from the bank agreement, e.g. \"SE45 5000 0000 0583 9825 7466\"",
-                );
-            } else if routing.accounts.contains(&norm) {
-                cx.err(
-                    p,
-                    &field,
-                    format!("account {norm} is listed twice"),
-                    "list it once",
-                );
-            } else {
-                claims.push(("account".to_string(), norm.clone(), claim(&field)));
-                routing.accounts.push(norm);
-            }
-        }
-    }
-    if role == Role::Customer
-        && r.routing.as_ref().is_none_or(|rr| {
-            rr.bankgiro.is_empty() && rr.customer_number.is_none() && rr.accounts.is_empty()
-        })
-    {
-        cx.err(
-            p,
-            "routing",
-            "a customer needs at least one routing key, or bank returns cannot reach it",
-            "add [routing] with bankgiro = [\"…\"], customer_number or accounts",
-        );
-    }
-
-    // Seal policy.
-    let mut seal = SealPolicy {
-        required: false,
-        keys: Vec::new(),
-        key_files: Vec::new(),
-        charset: CharsetPolicy::Reject,
-    };
-    match (&r.seal, role) {
-        (Some(_), Role::Bank) => cx.err(
-            p,
-            "seal",
-            "a bank partner has no seal policy: seals are checked on customers' payment orders",
-            "remove the [seal] table from this bank's file",
-        ),
-        (None, Role::Customer) => cx.err(
-            p,
-            "seal",
-            "a customer must say whether its payment orders must be sealed",
-            "add [seal] with required = true and key_files = [\"keys/<id>.seal\"] (or required = false)",
-        ),
-        (None, Role::Bank) => {}
-        (Some(rs), Role::Customer) => {
-            seal.required = rs.required;
-            seal.charset = rs.charset.unwrap_or(CharsetPolicy::Reject);
-            if rs.required && rs.key_files.is_empty() {
-                cx.err(
-                    p,
-                    "seal.key_files",
-                    "seals are required but no key file is given",
-                    "add key_files = [\"keys/<id>.seal\"] with the customer's seal key, or set required = false",
-                );
-            }
-            for (i, kf) in rs.key_files.iter().enumerate() {
-                let field = format!("seal.key_files[{i}]");
-                if kf.trim().is_empty() {
-                    cx.err(p, &field, "is empty", "give the key file's path, e.g. \"keys/demo.seal\"");
-                    continue;
-                }
-                let path = resolve(env.dir, kf);
-                if seal.key_files.contains(&path) {
-                    cx.err(p, &field, format!("{} is listed twice", path.display()), "list it once");
-                    continue;
-                }
-                seal.key_files.push(path.clone());
-                match load_key(&path) {
-                    KeyState::Loaded(k) => seal.keys.push(k),
-                    KeyState::Missing if rs.generate_missing_keys => pending.push(PendingKey {
-                        partner: id.clone(),
-                        path,
-                        kind: PendingKeyKind::SealKey,
-                    }),
-                    KeyState::Missing => cx.err(
-                        p,
-                        &field,
-                        format!("seal key file {} does not exist", path.display()),
-                        "put the customer's seal key there (owner-only, chmod 600), make one with `sluss keygen seal`, or correct the path",
-                    ),
-                    KeyState::TooOpen(mode) => cx.err(
-                        p,
-                        &field,
-                        format!(
-                            "seal key file {} is readable or writable by group or others (mode {mode:04o})",
-                            path.display()
-                        ),
-                        format!("chmod 600 {}", path.display()),
-                    ),
-                    KeyState::Bad(e) => cx.err(
-                        p,
-                        &field,
-                        e.to_string(),
-                        "replace it with a valid seal key file; `sluss keygen seal` writes one",
-                    ),
-                }
-            }
-        }
-    }
 
     // Payments.
     let mut bank_ref = None;
@@ -917,8 +747,246 @@ fn partner(
         env.defaults.delivery_attempts,
     );
 
-    // Archive.
-    let archive = match &r.archive {
+    let archive = archive_policy(cx, r.archive.as_ref(), p);
+
+    let delivery_line = cx.line(&delivery_field);
+    Draft {
+        shown: cx.file.to_path_buf(),
+        partner: Partner {
+            id: id.clone(),
+            name: rp.name.trim().to_string(),
+            role,
+            org_number,
+            routing,
+            seal,
+            bank: bank_ref.as_ref().map(|c| c.partner.clone()),
+            duplicate_window,
+            delivery: Delivery {
+                // An empty path only when the endpoint had a problem, which is reported:
+                // this draft then never reaches a Config.
+                endpoint: Endpoint::Local {
+                    path: endpoint_path.unwrap_or_default(),
+                },
+                name_template,
+                attempts,
+            },
+            archive,
+            source_file,
+        },
+        bank_ref,
+        delivery_field,
+        delivery_line,
+        claims,
+    }
+}
+
+/// `[routing]`: every key checked and put in canonical form, with where it was written.
+fn routing_keys(
+    cx: &FileCx<'_, '_>,
+    role: Role,
+    id: &str,
+    section: Option<&raw::RawRouting>,
+    p: &mut Problems,
+) -> (RoutingKeys, Vec<(String, String, Claim)>) {
+    let mut claims = Vec::new();
+    let claim = |field: &str| Claim {
+        partner: id.to_string(),
+        file: cx.file.to_path_buf(),
+        line: cx.line(field),
+        field: field.to_string(),
+    };
+    let mut routing = RoutingKeys::default();
+    if let Some(rr) = section {
+        if role == Role::Bank {
+            cx.err(
+                p,
+                "routing",
+                "a bank partner has no routing keys: they route bank files to customers",
+                "move these keys to the customer they belong to and remove [routing] here",
+            );
+        }
+        for (i, bg) in rr.bankgiro.iter().enumerate() {
+            let field = format!("routing.bankgiro[{i}]");
+            match bankgiro::canonical(bg) {
+                Some(c) if routing.bankgiro.contains(&c) => {
+                    cx.err(p, &field, format!("bankgiro {c} is listed twice"), "list it once");
+                }
+                Some(c) => {
+                    claims.push(("bankgiro".to_string(), c.clone(), claim(&field)));
+                    routing.bankgiro.push(c);
+                }
+                None => cx.err(
+                    p,
+                    &field,
+                    format!("`{bg}` is not a valid bankgiro number (wrong check digit or not 7-8 digits)"),
+                    "copy the number again from the customer's agreement, e.g. \"991-2346\"",
+                ),
+            }
+        }
+        if let Some(n) = &rr.customer_number {
+            let n = n.trim();
+            if n.len() == 6 && n.bytes().all(|c| c.is_ascii_digit()) {
+                claims.push((
+                    "customer number".to_string(),
+                    n.to_string(),
+                    claim("routing.customer_number"),
+                ));
+                routing.customer_number = Some(n.to_string());
+            } else {
+                cx.err(
+                    p,
+                    "routing.customer_number",
+                    format!("`{n}` is not a Bankgirot customer number"),
+                    "write the 6 digits Bankgirot assigned, e.g. \"123456\", or leave the field out",
+                );
+            }
+        }
+        for (i, a) in rr.accounts.iter().enumerate() {
+            let field = format!("routing.accounts[{i}]");
+            let norm = normalise_account(a);
+            let is_iban = norm.bytes().take(2).all(|c| c.is_ascii_alphabetic());
+            let ok = if is_iban {
+                iban_valid(&norm)
+            } else {
+                domestic_account_valid(&norm)
+            };
+            if !ok {
+                let what = if is_iban {
+                    "is not a valid IBAN (length or check digits wrong)"
+                } else {
+                    "is not an account number (clearing and account number, digits only)"
+                };
+                cx.err(
+                    p,
+                    &field,
+                    format!("`{a}` {what}"),
+                    "copy it again from the bank agreement, e.g. \"SE45 5000 0000 0583 9825 7466\"",
+                );
+            } else if routing.accounts.contains(&norm) {
+                cx.err(
+                    p,
+                    &field,
+                    format!("account {norm} is listed twice"),
+                    "list it once",
+                );
+            } else {
+                claims.push(("account".to_string(), norm.clone(), claim(&field)));
+                routing.accounts.push(norm);
+            }
+        }
+    }
+    if role == Role::Customer
+        && section.is_none_or(|rr| {
+            rr.bankgiro.is_empty() && rr.customer_number.is_none() && rr.accounts.is_empty()
+        })
+    {
+        cx.err(
+            p,
+            "routing",
+            "a customer needs at least one routing key, or bank returns cannot reach it",
+            "add [routing] with bankgiro = [\"…\"], customer_number or accounts",
+        );
+    }
+
+    (routing, claims)
+}
+
+/// `[seal]`: keys loaded (or noted as pending) and permission-checked.
+fn seal_policy(
+    cx: &FileCx<'_, '_>,
+    env: &Env<'_>,
+    role: Role,
+    id: &str,
+    section: Option<&raw::RawSeal>,
+    pending: &mut Vec<PendingKey>,
+    p: &mut Problems,
+) -> SealPolicy {
+    let mut seal = SealPolicy {
+        required: false,
+        keys: Vec::new(),
+        key_files: Vec::new(),
+        charset: CharsetPolicy::Reject,
+    };
+    match (section, role) {
+        (Some(_), Role::Bank) => cx.err(
+            p,
+            "seal",
+            "a bank partner has no seal policy: seals are checked on customers' payment orders",
+            "remove the [seal] table from this bank's file",
+        ),
+        (None, Role::Customer) => cx.err(
+            p,
+            "seal",
+            "a customer must say whether its payment orders must be sealed",
+            "add [seal] with required = true and key_files = [\"keys/<id>.seal\"] (or required = false)",
+        ),
+        (None, Role::Bank) => {}
+        (Some(rs), Role::Customer) => {
+            seal.required = rs.required;
+            seal.charset = rs.charset.unwrap_or(CharsetPolicy::Reject);
+            if rs.required && rs.key_files.is_empty() {
+                cx.err(
+                    p,
+                    "seal.key_files",
+                    "seals are required but no key file is given",
+                    "add key_files = [\"keys/<id>.seal\"] with the customer's seal key, or set required = false",
+                );
+            }
+            for (i, kf) in rs.key_files.iter().enumerate() {
+                let field = format!("seal.key_files[{i}]");
+                if kf.trim().is_empty() {
+                    cx.err(p, &field, "is empty", "give the key file's path, e.g. \"keys/demo.seal\"");
+                    continue;
+                }
+                let path = resolve(env.dir, kf);
+                if seal.key_files.contains(&path) {
+                    cx.err(p, &field, format!("{} is listed twice", path.display()), "list it once");
+                    continue;
+                }
+                seal.key_files.push(path.clone());
+                match load_key(&path) {
+                    KeyState::Loaded(k) => seal.keys.push(k),
+                    KeyState::Missing if rs.generate_missing_keys => pending.push(PendingKey {
+                        partner: id.to_string(),
+                        path,
+                        kind: PendingKeyKind::SealKey,
+                    }),
+                    KeyState::Missing => cx.err(
+                        p,
+                        &field,
+                        format!("seal key file {} does not exist", path.display()),
+                        "put the customer's seal key there (owner-only, chmod 600), make one with `sluss keygen seal`, or correct the path",
+                    ),
+                    KeyState::TooOpen(mode) => cx.err(
+                        p,
+                        &field,
+                        format!(
+                            "seal key file {} is readable or writable by group or others (mode {mode:04o})",
+                            path.display()
+                        ),
+                        format!("chmod 600 {}", path.display()),
+                    ),
+                    KeyState::Bad(e) => cx.err(
+                        p,
+                        &field,
+                        e.to_string(),
+                        "replace it with a valid seal key file; `sluss keygen seal` writes one",
+                    ),
+                }
+            }
+        }
+    }
+
+    seal
+}
+
+/// `[archive]`.
+fn archive_policy(
+    cx: &FileCx<'_, '_>,
+    section: Option<&raw::RawArchive>,
+    p: &mut Problems,
+) -> Archive {
+    match section {
         None => Archive::Delete,
         Some(ra) => match ra.mode {
             raw::RawArchiveMode::Delete => {
@@ -973,36 +1041,6 @@ fn partner(
                 }
             }
         },
-    };
-
-    let delivery_line = cx.line(&delivery_field);
-    Draft {
-        shown: cx.file.to_path_buf(),
-        partner: Partner {
-            id: id.clone(),
-            name: rp.name.trim().to_string(),
-            role,
-            org_number,
-            routing,
-            seal,
-            bank: bank_ref.as_ref().map(|c| c.partner.clone()),
-            duplicate_window,
-            delivery: Delivery {
-                // An empty path only when the endpoint had a problem, which is reported:
-                // this draft then never reaches a Config.
-                endpoint: Endpoint::Local {
-                    path: endpoint_path.unwrap_or_default(),
-                },
-                name_template,
-                attempts,
-            },
-            archive,
-            source_file,
-        },
-        bank_ref,
-        delivery_field,
-        delivery_line,
-        claims,
     }
 }
 
