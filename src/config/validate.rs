@@ -94,6 +94,7 @@ impl FileCx<'_, '_> {
 /// Where something a partner claims was written, to point at both sides of a conflict.
 #[derive(Clone)]
 struct Claim {
+    /// The partner making the claim; for `payments.bank`, the bank referred to.
     partner: String,
     file: PathBuf,
     line: Option<usize>,
