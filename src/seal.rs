@@ -118,7 +118,7 @@ pub fn normalise_byte(b: u8) -> Option<u8> {
 /// a 7-bit twin of a Swedish letter (the seal cannot tell it from the letter).
 #[inline(always)]
 fn class_bits(b: u8) -> u8 {
-    let nonplain = (b < 0x20) | (b > 0x7E);
+    let nonplain = !(0x20..=0x7E).contains(&b);
     let twin = (b == b'@') | (b.wrapping_sub(b'[') < 4) | (b == b'`') | (b.wrapping_sub(b'{') < 4);
     (nonplain as u8) | ((twin as u8) << 1)
 }
@@ -1487,7 +1487,7 @@ mod tests {
         );
         assert_eq!(code(lower.as_bytes()), "valid");
         let other = SealKey::from_hex("00112233445566778899AABBCCDDEEFF").unwrap();
-        match verify(&[other.clone()], &sealed[..]).unwrap() {
+        match verify(std::slice::from_ref(&other), &sealed[..]).unwrap() {
             SealVerdict::Invalid(f @ SealFinding::WrongKey { .. }) => {
                 let s = f.to_string();
                 assert!(
