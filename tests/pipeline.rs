@@ -106,7 +106,11 @@ impl Gateway {
 
     pub fn ledger_json(&self) -> serde_json::Value {
         let out = self.cmd(&["ledger", "list", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -141,7 +145,10 @@ impl Drop for Gateway {
 
 /// SIGTERM by PID through the `kill` program (the crate forbids unsafe code).
 fn unsafe_free_sigterm(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
 }
 
 /// An LB payment order: one section from `sender`, `n` payments, distinct by `seed`. CRLF.
@@ -206,9 +213,16 @@ fn sealed_order_is_delivered_byte_identical() {
     let f = write(src.path(), "pay1.txt", &bytes);
     let (code, out) = g.ingest("demo", &[&f]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("accepted") && out.contains("lb-payment-order"), "{out}");
+    assert!(
+        out.contains("accepted") && out.contains("lb-payment-order"),
+        "{out}"
+    );
     let id = id_of(&out);
-    assert_eq!(fs::read(&f).unwrap(), bytes, "the caller's file is untouched");
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        bytes,
+        "the caller's file is untouched"
+    );
     g.start();
     assert!(
         g.wait_for(Duration::from_secs(30), || g.state_of(id) == "delivered"),
@@ -222,7 +236,11 @@ fn sealed_order_is_delivered_byte_identical() {
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     assert_eq!(fs::read(&delivered[0]).unwrap(), bytes, "byte-identical");
     assert!(
-        !delivered[0].file_name().unwrap().to_string_lossy().starts_with('.'),
+        !delivered[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with('.'),
         "no temporary name is left"
     );
     g.stop();
@@ -240,8 +258,13 @@ fn refused_files_are_quarantined_with_distinct_reasons() {
 
     let other_key = sluss::seal::SealKey::from_hex("00112233445566778899AABBCCDDEEFF").unwrap();
     let mut wrong_key = Vec::new();
-    sluss::seal::seal_stream(&other_key, "261129", &lb_order(DEMO_BG, 2, 3)[..], &mut wrong_key)
-        .unwrap();
+    sluss::seal::seal_stream(
+        &other_key,
+        "261129",
+        &lb_order(DEMO_BG, 2, 3)[..],
+        &mut wrong_key,
+    )
+    .unwrap();
 
     let unsealed = lb_order(DEMO_BG, 2, 4);
     let mut broken = lb_order(DEMO_BG, 2, 5);
@@ -328,25 +351,40 @@ fn release_needs_two_operators_and_audit_detects_edits() {
     assert!(first.status.success());
     assert!(String::from_utf8_lossy(&first.stdout).contains("second"));
     let again = rel("alice");
-    assert!(!again.status.success(), "same operator twice must be refused");
+    assert!(
+        !again.status.success(),
+        "same operator twice must be refused"
+    );
     assert_eq!(g.state_of(id), "quarantined");
     let second = rel("bob");
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     assert_eq!(g.state_of(id), "queued");
     g.start();
     assert!(g.wait_for(Duration::from_secs(30), || g.state_of(id) == "delivered"));
     g.stop();
-    let show = g.cmd(&["ledger", "show", &id.to_string()]).output().unwrap();
+    let show = g
+        .cmd(&["ledger", "show", &id.to_string()])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("alice") && text.contains("bob"), "{text}");
 
-    let head = String::from_utf8_lossy(
-        &g.cmd(&["ledger", "head"]).output().unwrap().stdout,
-    )
-    .trim()
-    .to_string();
-    let ok = g.cmd(&["ledger", "verify-audit", "--head", &head]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let head = String::from_utf8_lossy(&g.cmd(&["ledger", "head"]).output().unwrap().stdout)
+        .trim()
+        .to_string();
+    let ok = g
+        .cmd(&["ledger", "verify-audit", "--head", &head])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     // An edited history row is detected.
     let db = rusqlite::Connection::open(g.path().join("var/ledger.sqlite")).unwrap();
@@ -496,7 +534,10 @@ fn crash_test_kill9_never_loses_or_doubles_a_file() {
             let mut paths = Vec::new();
             for _ in 0..batch {
                 file_no += 1;
-                let bytes = sealed(&lb_order(DEMO_BG, 1 + (file_no % 3) as usize, 10_000 + file_no), "261129");
+                let bytes = sealed(
+                    &lb_order(DEMO_BG, 1 + (file_no % 3) as usize, 10_000 + file_no),
+                    "261129",
+                );
                 let p = write(src.path(), &format!("f{file_no}.txt"), &bytes);
                 sent.insert(sha256_hex(&bytes), bytes);
                 paths.push(p);
@@ -524,11 +565,12 @@ fn crash_test_kill9_never_loses_or_doubles_a_file() {
     // Final run: let everything settle.
     g.start();
     let settled = g.wait_for(Duration::from_secs(60), || {
-        g.ledger_json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| matches!(r["state"].as_str(), Some("delivered" | "held" | "quarantined")))
+        g.ledger_json().as_array().unwrap().iter().all(|r| {
+            matches!(
+                r["state"].as_str(),
+                Some("delivered" | "held" | "quarantined")
+            )
+        })
     });
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
@@ -558,7 +600,11 @@ fn crash_test_kill9_never_loses_or_doubles_a_file() {
         match state {
             "delivered" => {
                 delivered += 1;
-                assert_eq!(taken_hashes.get(h), Some(&1), "file {id} delivered but the bank lacks it");
+                assert_eq!(
+                    taken_hashes.get(h),
+                    Some(&1),
+                    "file {id} delivered but the bank lacks it"
+                );
             }
             "held" => held += 1,
             other => panic!("file {id} ended {other}: {r}"),
@@ -566,7 +612,10 @@ fn crash_test_kill9_never_loses_or_doubles_a_file() {
     }
     for id in &accepted_ids {
         assert!(
-            rows.as_array().unwrap().iter().any(|r| r["id"].as_i64() == Some(*id)),
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"].as_i64() == Some(*id)),
             "accepted file {id} vanished from the ledger"
         );
     }
@@ -610,11 +659,19 @@ fn disk_full_on_the_spool_refuses_cleanly() {
     }
     let _guard = Unmount(var.clone());
     let src = tempfile::tempdir().unwrap();
-    let small = write(src.path(), "small.txt", &sealed(&lb_order(DEMO_BG, 2, 500), "261129"));
+    let small = write(
+        src.path(),
+        "small.txt",
+        &sealed(&lb_order(DEMO_BG, 2, 500), "261129"),
+    );
     let (code, out) = g.ingest("demo", &[&small]);
     assert_eq!(code, 0, "{out}");
     // ~3 MiB of payments cannot fit.
-    let big = write(src.path(), "big.txt", &sealed(&lb_order(DEMO_BG, 36_000, 501), "261129"));
+    let big = write(
+        src.path(),
+        "big.txt",
+        &sealed(&lb_order(DEMO_BG, 36_000, 501), "261129"),
+    );
     let (code, out) = g.ingest("demo", &[&big]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("disk full"), "{out}");
@@ -622,8 +679,16 @@ fn disk_full_on_the_spool_refuses_cleanly() {
     let leftovers: Vec<_> = fs::read_dir(var.join("spool/incoming")).unwrap().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let ok = g.cmd(&["ledger", "verify-audit"]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let small2 = write(src.path(), "small2.txt", &sealed(&lb_order(DEMO_BG, 2, 502), "261129"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let small2 = write(
+        src.path(),
+        "small2.txt",
+        &sealed(&lb_order(DEMO_BG, 2, 502), "261129"),
+    );
     let (code, out) = g.ingest("demo", &[&small2]);
     assert_eq!(code, 0, "{out}");
 }
@@ -638,10 +703,16 @@ fn damaged_or_locked_ledger_gives_a_clear_error() {
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("damaged"), "{err}");
-    assert!(fs::metadata(var.join("ledger.sqlite")).unwrap().len() == 8192, "not deleted or rewritten");
+    assert!(
+        fs::metadata(var.join("ledger.sqlite")).unwrap().len() == 8192,
+        "not deleted or rewritten"
+    );
 
     let g2 = Gateway::new();
-    let (code, out) = g2.ingest("demo", &[&util::fixture("bankgirot/lb/lb-sealed-testkey-lf.txt")]);
+    let (code, out) = g2.ingest(
+        "demo",
+        &[&util::fixture("bankgirot/lb/lb-sealed-testkey-lf.txt")],
+    );
     assert!(code == 0 || code == 1, "{out}");
     let db = rusqlite::Connection::open(g2.path().join("var/ledger.sqlite")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
@@ -651,7 +722,8 @@ fn damaged_or_locked_ledger_gives_a_clear_error() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(err.contains("locked") || err.contains("busy"), "{err}");
     db.execute_batch("ROLLBACK").unwrap();
 }

@@ -138,8 +138,8 @@ pub fn run(a: LedgerArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:>6}  {:<12} {:<18} {:<12} {:<24} {}",
-                    "ID", "PARTNER", "KIND", "STATE", "RECEIVED", "NAME / REASON"
+                    "{:>6}  {:<12} {:<18} {:<12} {:<24} NAME / REASON",
+                    "ID", "PARTNER", "KIND", "STATE", "RECEIVED"
                 );
                 for r in rows {
                     println!(
@@ -217,7 +217,7 @@ pub fn run(a: LedgerArgs) -> anyhow::Result<ExitCode> {
                     h.seq,
                     h.at,
                     h.event,
-                    h.from_state.as_deref().unwrap_or("-"),
+                    h.from_state.map_or("-", |s| s.as_str()),
                     h.to_state,
                     h.operator
                         .as_deref()

@@ -175,7 +175,9 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
              acknowledged; their senders still have them); moved to spool/orphans"
         );
     }
-    let report = pipeline.recover().context("recovering unfinished deliveries")?;
+    let report = pipeline
+        .recover()
+        .context("recovering unfinished deliveries")?;
     if report.total() > 0 {
         tracing::warn!(
             event = "daemon.recovered",
@@ -205,19 +207,24 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         let p = pipeline.clone();
         let stop = stop.clone();
-        workers.push(std::thread::Builder::new().name("retention".into()).spawn(
-            move || {
-                while !stop.load(Ordering::Relaxed) {
-                    sluss::pipeline::archive::enforce_retention(&p);
-                    let until = std::time::Instant::now() + RETENTION_EVERY;
-                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
-                        std::thread::sleep(Duration::from_millis(250));
+        workers.push(
+            std::thread::Builder::new()
+                .name("retention".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        sluss::pipeline::archive::enforce_retention(&p);
+                        let until = std::time::Instant::now() + RETENTION_EVERY;
+                        while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
                     }
-                }
-            },
-        )?);
+                })?,
+        );
     }
-    tracing::info!(event = "daemon.ready", "sluss is running; stop with SIGTERM or Ctrl-C");
+    tracing::info!(
+        event = "daemon.ready",
+        "sluss is running; stop with SIGTERM or Ctrl-C"
+    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -232,7 +239,10 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
-    tracing::info!(event = "daemon.stopping", "stopping: finishing batches in progress");
+    tracing::info!(
+        event = "daemon.stopping",
+        "stopping: finishing batches in progress"
+    );
     stop.store(true, Ordering::Relaxed);
     pipeline.ring();
     for w in workers {

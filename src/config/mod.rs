@@ -9,12 +9,14 @@
 //! example marks as generated at first start come back as [`PendingKey`]s; the daemon
 //! creates them and loads again.
 
-mod deps;
 mod raw;
 mod validate;
 
 // The one place where config meets its leaves (seal keys, bankgiro numbers).
-use self::deps::{CharsetPolicy, KeyError, SealKey, bankgiro};
+use crate::{
+    formats::bankgiro,
+    seal::{CharsetPolicy, KeyError, SealKey},
+};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -31,8 +31,6 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Distinct operators whose approval releases a quarantined file (four eyes).
 pub const RELEASE_APPROVALS_REQUIRED: usize = 2;
 
-/// Rows returned by [`Ledger::list`] when the filter gives no limit.
-
 /// The ledger's file name inside the data directory.
 pub const LEDGER_FILE_NAME: &str = "ledger.sqlite";
 
@@ -616,17 +614,15 @@ impl Ledger {
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<FileRecord>, LedgerError> {
         self.read(|c| {
             // No limit means every matching record (scripts depend on seeing them all).
-            let limit = filter.limit.map_or(i64::MAX, |l| l.min(i64::MAX as usize) as i64);
+            let limit = filter
+                .limit
+                .map_or(i64::MAX, |l| l.min(i64::MAX as usize) as i64);
             let mut stmt = c.prepare(&format!(
                 "SELECT {FILE_COLUMNS} FROM files WHERE (?1 IS NULL OR partner = ?1) \
                  AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3"
             ))?;
             let rows = stmt.query_map(
-                params![
-                    filter.partner,
-                    filter.state.map(State::as_str),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
-                ],
+                params![filter.partner, filter.state.map(State::as_str), limit],
                 file_from_row,
             )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -37,7 +37,9 @@ pub enum ArchiveError {
 
 /// Where the archived copy of a file lives.
 pub fn archive_path(p: &Pipeline, rec: &FileRecord) -> PathBuf {
-    p.layout.archive(&rec.partner).join(format!("{}.age", rec.id))
+    p.layout
+        .archive(&rec.partner)
+        .join(format!("{}.age", rec.id))
 }
 
 /// Apply the sender's archive policy to a delivered file's spooled copy.
@@ -51,7 +53,7 @@ pub fn archive_delivered(p: &Pipeline, rec: &FileRecord) -> Result<(), ArchiveEr
         .partner(&rec.partner)
         .map(|pp| pp.archive.clone())
         .unwrap_or(Archive::Delete);
-    match archive {
+    match &archive {
         Archive::Delete => {}
         Archive::Age { recipients, .. } => {
             let parsed = recipients

@@ -348,7 +348,10 @@ impl Pipeline {
         };
         let dest = destination_of(dp);
         while !stop.load(Ordering::Relaxed) {
-            let due = match self.ledger().due_deliveries(&crate::ledger::now_rfc3339(), 4 * BATCH) {
+            let due = match self
+                .ledger()
+                .due_deliveries(&crate::ledger::now_rfc3339(), 4 * BATCH)
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!("ledger unavailable to the {destination} worker: {e}");
@@ -388,10 +391,7 @@ impl Pipeline {
             };
             match dest.put_temp(&d.temp_name, Path::new(&file.spool_path)) {
                 Ok(sz) if sz == file.size => written.push((d, file.size, file.sha256)),
-                Ok(sz) => failed.push((
-                    d,
-                    format!("wrote {sz} bytes, expected {}", file.size),
-                )),
+                Ok(sz) => failed.push((d, format!("wrote {sz} bytes, expected {}", file.size))),
                 Err(e) => failed.push((d, e.to_string())),
             }
         }
@@ -430,7 +430,10 @@ impl Pipeline {
             && let Err(e) = dest.sync()
         {
             // The names may not be durable; leave them `delivering`: recovery looks.
-            tracing::error!("could not make deliveries to {} durable: {e}", dest.describe());
+            tracing::error!(
+                "could not make deliveries to {} durable: {e}",
+                dest.describe()
+            );
             return Ok(());
         }
         // Step 4: confirm and record.
@@ -457,7 +460,11 @@ impl Pipeline {
                     d.id,
                     State::Delivered,
                     "delivery.delivered",
-                    &format!("{} {} ({size} bytes, size confirmed)", dest.describe(), d.final_name),
+                    &format!(
+                        "{} {} ({size} bytes, size confirmed)",
+                        dest.describe(),
+                        d.final_name
+                    ),
                     None,
                 )?;
             }
@@ -574,7 +581,9 @@ fn schedule(
 ) -> Result<Option<String>, LedgerError> {
     let attempts_before = d.attempts;
     let next = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::try_from(policy.delay(attempts_before + 1)).unwrap_or_default())
+        .checked_add(
+            jiff::SignedDuration::try_from(policy.delay(attempts_before + 1)).unwrap_or_default(),
+        )
         .unwrap_or(jiff::Timestamp::now());
     let attempts = tx.delivery_schedule_retry(d.id, &crate::ledger::format_ts(next), why)?;
     if attempts >= policy.attempts {

@@ -143,17 +143,18 @@ impl Pipeline {
                     spool_path: &p.written.path.to_string_lossy(),
                 })?;
                 let mut refusal = a.refusal.clone();
-                if refusal.is_none() && a.rec.kind != Kind::Unknown {
-                    if let Some((orig, how)) = tx.find_duplicate(
+                if refusal.is_none()
+                    && a.rec.kind != Kind::Unknown
+                    && let Some((orig, how)) = tx.find_duplicate(
                         &partner.id,
                         &p.written.sha256,
                         &a.payload_sha256,
                         a.rec.routing.message_id.as_deref(),
                         &since,
-                    )? && orig != id
-                    {
-                        refusal = Some(("duplicate".into(), duplicate_reason(orig, how)));
-                    }
+                    )?
+                    && orig != id
+                {
+                    refusal = Some(("duplicate".into(), duplicate_reason(orig, how)));
                 }
                 match refusal {
                     Some((code, reason)) => {
@@ -303,19 +304,20 @@ impl Pipeline {
     ) -> Result<Pending, IngestError> {
         let name = inc.name;
         let incoming = self.layout.incoming();
-        let written = spool::write_temp(&incoming, inc.reader, spool::MODE_SECRET).map_err(|e| {
-            if e.is_disk_full() {
-                IngestError::DiskFull {
-                    name: name.clone(),
-                    dir: incoming.clone(),
+        let written =
+            spool::write_temp(&incoming, inc.reader, spool::MODE_SECRET).map_err(|e| {
+                if e.is_disk_full() {
+                    IngestError::DiskFull {
+                        name: name.clone(),
+                        dir: incoming.clone(),
+                    }
+                } else {
+                    IngestError::Spool {
+                        name: name.clone(),
+                        source: e,
+                    }
                 }
-            } else {
-                IngestError::Spool {
-                    name: name.clone(),
-                    source: e,
-                }
-            }
-        })?;
+            })?;
         let analysis = match analyse(&written.path, partner) {
             Ok(a) => a,
             Err(e) => {
@@ -404,7 +406,12 @@ fn analyse(path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
             let where_ = scan
                 .findings
                 .iter()
-                .map(|f| format!("line {} column {} (byte 0x{:02X})", f.line, f.column, f.byte))
+                .map(|f| {
+                    format!(
+                        "line {} column {} (byte 0x{:02X})",
+                        f.line, f.column, f.byte
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             let msg = format!(
@@ -461,18 +468,19 @@ fn analyse(path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
 /// A customer may pay only from its own registered bankgiro numbers / accounts.
 fn payer_check(partner: &Partner, rec: &Recognition) -> Option<(String, String)> {
     let (what, found, registered) = match rec.kind {
-        Kind::LbPaymentOrder | Kind::AutogiroOrder => (
-            "bankgiro",
-            &rec.routing.bankgiro,
-            &partner.routing.bankgiro,
-        ),
+        Kind::LbPaymentOrder | Kind::AutogiroOrder => {
+            ("bankgiro", &rec.routing.bankgiro, &partner.routing.bankgiro)
+        }
         Kind::Pain001 => ("account", &rec.routing.account, &partner.routing.accounts),
         _ => return None,
     };
     if found.is_empty() {
         return Some((
             "payer-not-registered".into(),
-            format!("the file names no payer {what}; cannot check it belongs to {}", partner.id),
+            format!(
+                "the file names no payer {what}; cannot check it belongs to {}",
+                partner.id
+            ),
         ));
     }
     let foreign: Vec<&str> = found

@@ -120,10 +120,7 @@ impl Pipeline {
     pub fn wait_for_work(&self, timeout: Duration) {
         let n = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
         let start = *n;
-        let _ = self
-            .bell
-            .1
-            .wait_timeout_while(n, timeout, |n| *n == start);
+        let _ = self.bell.1.wait_timeout_while(n, timeout, |n| *n == start);
     }
 }
 

@@ -60,7 +60,11 @@ fn route_from_customer(from: &Partner, rec: &Recognition) -> Route {
     }
 }
 
-fn route_from_bank(config: &Config, rec: &Recognition, original_sender: Option<&str>) -> Route {
+fn route_from_bank<'a>(
+    config: &'a Config,
+    rec: &Recognition,
+    original_sender: Option<&str>,
+) -> Route {
     if rec.kind == Kind::Unknown {
         return Route::Refuse {
             code: "unknown-kind",
@@ -79,7 +83,7 @@ fn route_from_bank(config: &Config, rec: &Recognition, original_sender: Option<&
     // Every routing key the file carries votes for the customer that registered it. One
     // customer → deliver; none → nobody to give it to; several → never guess with money.
     let mut owners: Vec<&str> = Vec::new();
-    let mut add = |p: Option<&Partner>| {
+    let mut add = |p: Option<&'a Partner>| {
         if let Some(p) = p
             && p.role == Role::Customer
             && !owners.contains(&p.id.as_str())
