@@ -140,6 +140,49 @@ fn fill<R: Read>(mut f: File, path: &Path, mut reader: R) -> Result<Written> {
     })
 }
 
+/// Like [`write_temp`], but the file is locked (`flock`, exclusive) from creation until the
+/// returned handle is dropped — also across renames, since the lock belongs to the open file.
+/// A crash releases it. Start-up sweeps use [`is_locked`] to tell a crashed writer's leftovers
+/// from another live process's file in progress (e.g. a `sluss ingest` running beside the
+/// daemon), which they must not touch.
+pub fn write_temp_locked<R: Read>(dir: &Path, reader: R, mode: u32) -> Result<(Written, File)> {
+    ensure_dir(dir)?;
+    let path = dir.join(format!(".{}.sluss-tmp", random_token()));
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&path)
+        .map_err(|e| SpoolError::new("create", &path, e))?;
+    if let Err(e) = f.lock() {
+        let _ = fs::remove_file(&path);
+        return Err(SpoolError::new("lock", &path, e));
+    }
+    let lock = match f.try_clone() {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            return Err(SpoolError::new("lock", &path, e));
+        }
+    };
+    let written = fill(f, &path, reader);
+    match written {
+        Ok(w) => Ok((w, lock)),
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// True when another open file holds a lock on `path` (a live writer is still working on it).
+pub fn is_locked(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 /// Create `dir/name` (which must not exist), fill it from `reader`, hashing, and fsync the
 /// file. Used for deterministic temporary names a recovery can look for (delivery temps).
 pub fn write_named<R: Read>(dir: &Path, name: &str, reader: R, mode: u32) -> Result<Written> {

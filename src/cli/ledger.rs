@@ -284,6 +284,10 @@ fn decide(d: Decision, action: &str) -> anyhow::Result<ExitCode> {
                 .map(|()| format!("file {}: recorded as delivered by {operator}", d.id)),
         }
     };
+    if action == "release" || action == "retry" {
+        // Released files get their destinations now (the daemon also does this at start).
+        p.route_released().context("routing the released file")?;
+    }
     match result {
         Ok(msg) => {
             tracing::info!(event = "operator.decision", file_id = d.id, operator = %operator, action, "{msg}");

@@ -20,7 +20,9 @@ use std::time::Duration;
 /// without holding too many files open at once.
 const INGEST_CHUNK: usize = 64;
 /// How often the daemon enforces archive retention.
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// (Also how often it looks for files released by operators from another process; the
+/// release command routes them itself, so this only catches one interrupted in between.)
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -188,6 +190,16 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             report.delivered,
             report.requeued,
             report.held
+        );
+    }
+    let released = pipeline
+        .route_released()
+        .context("routing released files")?;
+    if released > 0 {
+        tracing::info!(
+            event = "daemon.released",
+            count = released,
+            "{released} released file(s) queued for delivery"
         );
     }
     pipeline.log_head();

@@ -610,6 +610,19 @@ impl Ledger {
         })
     }
 
+    /// Files in state `queued` with no delivery yet: released by operators (or interrupted
+    /// right after the release), waiting for the pipeline to route them.
+    pub fn queued_without_deliveries(&self) -> Result<Vec<FileRecord>, LedgerError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {FILE_COLUMNS} FROM files f WHERE state = 'queued' AND NOT EXISTS \
+                 (SELECT 1 FROM deliveries d WHERE d.file_id = f.id) ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], file_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     /// Files, newest first.
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<FileRecord>, LedgerError> {
         self.read(|c| {

@@ -158,6 +158,79 @@ pub fn temp_name(_id: FileId, final_name: &str) -> String {
 }
 
 impl Pipeline {
+    /// Give destinations to queued files that have none: files operators released from
+    /// quarantine (release decides *whether*; routing still decides *where*). A released file
+    /// that still has nowhere to go is held with the reason. Returns how many were queued.
+    pub fn route_released(&self) -> Result<usize, super::PipelineError> {
+        let waiting = self.ledger().queued_without_deliveries()?;
+        let mut queued = 0;
+        for f in waiting {
+            let Some(from) = self.config.partner(&f.partner) else {
+                self.ledger().with_tx(|tx| {
+                    tx.transition(
+                        f.id,
+                        State::Held,
+                        "file.held",
+                        &format!(
+                            "released, but partner {} is no longer configured",
+                            f.partner
+                        ),
+                        None,
+                    )
+                })?;
+                continue;
+            };
+            let rec = std::fs::File::open(&f.spool_path)
+                .and_then(|fh| crate::formats::recognise(std::io::BufReader::new(fh)));
+            let route = match rec {
+                Ok(rec) => {
+                    let original = rec
+                        .routing
+                        .original_message_id
+                        .as_deref()
+                        .and_then(|m| self.ledger().partner_of_message(m).ok().flatten());
+                    super::route::route(&self.config, from, &rec, original.as_deref())
+                }
+                Err(e) => super::route::Route::Refuse {
+                    code: "spool-unreadable",
+                    reason: format!("cannot read the spooled copy {}: {e}", f.spool_path),
+                },
+            };
+            let now = jiff::Zoned::now();
+            self.ledger().with_tx(|tx| match &route {
+                super::route::Route::Deliver(dests) => {
+                    for dest in dests {
+                        let Some(dp) = self.config.partner(dest) else {
+                            continue;
+                        };
+                        let final_name =
+                            final_name(dp, &f.partner, &f.kind, f.id, &f.original_name, &now);
+                        tx.add_delivery(
+                            f.id,
+                            dest,
+                            &destination_of(dp).describe(),
+                            &final_name,
+                            &temp_name(f.id, &final_name),
+                        )?;
+                    }
+                    queued += 1;
+                    Ok(())
+                }
+                super::route::Route::Refuse { code, reason } => tx.transition(
+                    f.id,
+                    State::Held,
+                    "file.held",
+                    &format!("released, but it cannot be routed: {code}: {reason}"),
+                    None,
+                ),
+            })?;
+        }
+        if queued > 0 {
+            self.ring();
+        }
+        Ok(queued)
+    }
+
     /// Resolve every delivery a previous run left unfinished. Runs once at start, before the
     /// workers, so no worker ever races a half-finished delivery.
     pub fn recover(&self) -> Result<RecoveryReport, LedgerError> {
@@ -323,7 +396,10 @@ impl Pipeline {
         if final_size.is_some() && temp_size.is_some() {
             let _ = dest.remove(&d.temp_name);
         }
-        if let Some(f) = self.ledger().get(d.file_id)? {
+        // Bind first: an `if let` scrutinee's lock guard would live through the body, and
+        // after_delivered takes the ledger lock again.
+        let after = self.ledger().get(d.file_id)?;
+        if let Some(f) = after {
             match f.state {
                 State::Held => tracing::error!(
                     event = "alert.held",
@@ -528,7 +604,8 @@ impl Pipeline {
 
     /// A file whose deliveries are all done: apply the sender's archive policy.
     fn after_delivered(&self, file_id: FileId) {
-        let rec = match self.ledger().get(file_id) {
+        let rec = self.ledger().get(file_id);
+        let rec = match rec {
             Ok(Some(r)) if r.state == State::Delivered => r,
             _ => return,
         };

@@ -83,6 +83,8 @@ struct Analysis {
 struct Pending {
     name: String,
     written: Written,
+    /// Held until the ledger commit: start-up sweeps leave a locked file alone.
+    _lock: File,
     analysis: Analysis,
     destinations: Vec<String>,
 }
@@ -291,7 +293,8 @@ impl Pipeline {
 
     /// Log the audit chain's head: a copy outside the database (see `verify-audit --head`).
     pub fn log_head(&self) {
-        match self.ledger().head() {
+        let head = self.ledger().head();
+        match head {
             Ok(h) => tracing::info!(event = "audit.head", head = %h, "ledger audit head {h}"),
             Err(e) => tracing::warn!("could not read the ledger audit head: {e}"),
         }
@@ -304,20 +307,20 @@ impl Pipeline {
     ) -> Result<Pending, IngestError> {
         let name = inc.name;
         let incoming = self.layout.incoming();
-        let written =
-            spool::write_temp(&incoming, inc.reader, spool::MODE_SECRET).map_err(|e| {
-                if e.is_disk_full() {
-                    IngestError::DiskFull {
-                        name: name.clone(),
-                        dir: incoming.clone(),
-                    }
-                } else {
-                    IngestError::Spool {
-                        name: name.clone(),
-                        source: e,
-                    }
+        let (written, lock) = spool::write_temp_locked(&incoming, inc.reader, spool::MODE_SECRET)
+            .map_err(|e| {
+            if e.is_disk_full() {
+                IngestError::DiskFull {
+                    name: name.clone(),
+                    dir: incoming.clone(),
                 }
-            })?;
+            } else {
+                IngestError::Spool {
+                    name: name.clone(),
+                    source: e,
+                }
+            }
+        })?;
         let analysis = match analyse(&written.path, partner) {
             Ok(a) => a,
             Err(e) => {
@@ -352,6 +355,7 @@ impl Pipeline {
         }
         Ok(Pending {
             name,
+            _lock: lock,
             written: Written {
                 path: stored,
                 ..written
@@ -511,8 +515,8 @@ fn duplicate_reason(orig: FileId, how: DuplicateKind) -> String {
         DuplicateKind::SameMessageId => "the same message id as",
     };
     format!(
-        "duplicate: {what} file {orig}, already accepted; not sent again (if it really must be \
-         paid twice, an operator can release it)"
+        "{what} file {orig}, already accepted; not sent again (if it really must be paid \
+         twice, an operator can release it)"
     )
 }
 

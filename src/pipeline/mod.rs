@@ -138,7 +138,10 @@ impl Pipeline {
     /// `spool/orphans` for inspection and remove the latter. Returns how many were orphans.
     pub fn sweep_orphans(&self) -> Result<usize, PipelineError> {
         for t in crate::spool::stale_temps(&self.layout.incoming()) {
-            crate::spool::discard(&t)?;
+            // A locked temp belongs to a live `sluss ingest` beside us: not ours to touch.
+            if !crate::spool::is_locked(&t) {
+                crate::spool::discard(&t)?;
+            }
         }
         let Ok(rd) = std::fs::read_dir(self.layout.files()) else {
             return Ok(0);
@@ -146,9 +149,8 @@ impl Pipeline {
         let mut moved = 0;
         for e in rd.flatten() {
             let path = e.path();
-            if crate::spool::stale_temps(&self.layout.files()).contains(&path) {
-                crate::spool::discard(&path)?;
-                continue;
+            if crate::spool::is_locked(&path) {
+                continue; // spooled by a live ingest that has not committed yet
             }
             if self
                 .ledger()
