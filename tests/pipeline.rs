@@ -757,3 +757,208 @@ fn damaged_or_locked_ledger_gives_a_clear_error() {
     assert!(err.contains("locked") || err.contains("busy"), "{err}");
     db.execute_batch("ROLLBACK").unwrap();
 }
+
+#[test]
+fn bank_returns_reach_the_right_customer_or_quarantine() {
+    let mut g = Gateway::new();
+    let stopped = util::fixture("bankgirot/returns/lb-stopped-code7.txt");
+    let bgmax = util::fixture("bankgirot/bgmax/BgMaxfil1.txt");
+    let (code, out) = g.ingest("demo-bank", &[&stopped, &bgmax]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("→ demo").count(), 2, "{out}");
+    // A payment specification for a bankgiro number nobody registered: kept, not guessed.
+    let (code, out) = g.ingest(
+        "demo-bank",
+        &[&util::fixture(
+            "bankgirot/returns/lb-payment-spec-code1.txt",
+        )],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("unroutable") && out.contains("0001234566"),
+        "{out}"
+    );
+    // A customer may not send a bank's file.
+    let (code, out) = g.ingest("demo", &[&bgmax]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("kind-not-allowed"), "{out}");
+
+    g.start();
+    let download = g.path().join("var/download/demo");
+    assert!(
+        g.wait_for(Duration::from_secs(30), || {
+            fs::read_dir(&download).map(|d| d.count()).unwrap_or(0) == 2
+        }),
+        "{}",
+        g.diag()
+    );
+    g.stop();
+    let mut got: Vec<Vec<u8>> = fs::read_dir(&download)
+        .unwrap()
+        .map(|e| fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let mut want = vec![fs::read(&stopped).unwrap(), fs::read(&bgmax).unwrap()];
+    got.sort();
+    want.sort();
+    assert!(got == want, "the customer gets the bank's bytes unchanged");
+}
+
+#[test]
+fn archive_keeps_an_age_encrypted_copy_that_decrypts() {
+    use age::secrecy::ExposeSecret;
+    let mut g = Gateway::new();
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let id_file = g.path().join("archive-identity.txt");
+    fs::write(
+        &id_file,
+        format!("{}\n", identity.to_string().expose_secret()),
+    )
+    .unwrap();
+    let job = g.path().join("jobs.d/demo.toml");
+    let text = fs::read_to_string(&job).unwrap();
+    let start = text
+        .find("[archive]")
+        .expect("demo.toml has an [archive] table");
+    let rest = &text[start + 9..];
+    let end = rest.find("\n[").map_or(text.len(), |i| start + 9 + i);
+    let text = format!(
+        "{}[archive]\nmode = \"age\"\nrecipients = [\"{recipient}\"]\nretention_days = 30\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    fs::write(&job, text).unwrap();
+    let check = g.cmd(&["check"]).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    let src = tempfile::tempdir().unwrap();
+    let bytes = sealed(&lb_order(DEMO_BG, 2, 700), "261129");
+    let f = write(src.path(), "arch.txt", &bytes);
+    let (code, out) = g.ingest("demo", &[&f]);
+    assert_eq!(code, 0, "{out}");
+    let id = id_of(&out);
+    g.start();
+    let archived = g.path().join(format!("var/archive/demo/{id}.age"));
+    assert!(
+        g.wait_for(Duration::from_secs(30), || archived.exists()),
+        "{}",
+        g.diag()
+    );
+    g.stop();
+    let stored = fs::read(&archived).unwrap();
+    assert!(
+        !stored
+            .windows(20)
+            .any(|w| bytes.windows(20).next() == Some(w)),
+        "the archive is not plaintext"
+    );
+    // The plain spooled copy is gone once archived.
+    let rec = g.ledger_json();
+    let row = rec
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"].as_i64() == Some(id))
+        .unwrap();
+    assert!(!Path::new(row["spool_path"].as_str().unwrap()).exists());
+    let restored = g.path().join("restored.txt");
+    let out = g
+        .cmd(&["archive", "decrypt"])
+        .arg("--identity")
+        .arg(&id_file)
+        .arg("-o")
+        .arg(&restored)
+        .arg(id.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&restored).unwrap(), bytes);
+    // The wrong identity is refused clearly.
+    let other = g.path().join("other.txt");
+    fs::write(
+        &other,
+        format!(
+            "{}\n",
+            age::x25519::Identity::generate()
+                .to_string()
+                .expose_secret()
+        ),
+    )
+    .unwrap();
+    let out = g
+        .cmd(&["archive", "decrypt"])
+        .arg("--identity")
+        .arg(&other)
+        .arg(id.to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot decrypt"));
+}
+
+#[test]
+fn unwritable_destination_is_retried_then_dead_lettered() {
+    let mut g = Gateway::new();
+    // Two attempts, one second apart.
+    let main_cfg = g.path().join("sluss.toml");
+    let text = fs::read_to_string(&main_cfg)
+        .unwrap()
+        .replace("delivery_attempts = 10", "delivery_attempts = 2")
+        .replace("retry_initial_seconds = 30", "retry_initial_seconds = 1")
+        .replace("retry_max_seconds = 3600", "retry_max_seconds = 1");
+    fs::write(&main_cfg, text).unwrap();
+    // The bank's folder is a plain file: nothing can be written there.
+    fs::create_dir_all(g.path().join("var")).unwrap();
+    fs::write(g.outbox(), b"not a folder").unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let f = write(
+        src.path(),
+        "dl.txt",
+        &sealed(&lb_order(DEMO_BG, 1, 800), "261129"),
+    );
+    let (code, out) = g.ingest("demo", &[&f]);
+    assert_eq!(code, 0, "{out}");
+    let id = id_of(&out);
+    g.start();
+    assert!(
+        g.wait_for(Duration::from_secs(40), || g.state_of(id) == "held"),
+        "{}",
+        g.diag()
+    );
+    let log = fs::read_to_string(g.path().join("serve.log")).unwrap();
+    assert!(log.contains("alert.dead-letter"), "{log}");
+    // Fix the destination; an operator retries; it is delivered once.
+    fs::remove_file(g.outbox()).unwrap();
+    let out = g
+        .cmd(&[
+            "ledger",
+            "retry",
+            &id.to_string(),
+            "--reason",
+            "outbox fixed",
+            "--operator",
+            "carol",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        g.wait_for(Duration::from_secs(30), || g.state_of(id) == "delivered"),
+        "{}",
+        g.diag()
+    );
+    g.stop();
+    assert_eq!(fs::read_dir(g.outbox()).unwrap().count(), 1);
+}
