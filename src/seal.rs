@@ -298,6 +298,11 @@ impl Kvv {
         Kvv(hex_upper(mac))
     }
 
+    /// Parse a KVV as written in a file or config (32 hex characters, either case).
+    pub fn parse(text: &str) -> Option<Kvv> {
+        decode_hex::<16>(text.trim().as_bytes()).map(|b| Kvv::from_mac(&b))
+    }
+
     /// The 32 upper-case hex characters.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -1395,6 +1400,22 @@ mod tests {
                 .as_str()
                 .starts_with("05CD81829E")
         );
+    }
+
+    #[test]
+    fn kvv_parse_and_charset_policy_serde() {
+        assert_eq!(
+            Kvv::parse(" ff365893d899291c3bf505fb3175e880 "),
+            Some(key().kvv())
+        );
+        assert_eq!(Kvv::parse("FF365893D899291C3BF505FB3175E88"), None);
+        let p: CharsetPolicy = serde_json::from_str("\"reject\"").unwrap();
+        assert_eq!(p, CharsetPolicy::Reject);
+        assert_eq!(
+            serde_json::to_string(&CharsetPolicy::Warn).unwrap(),
+            "\"warn\""
+        );
+        assert!(serde_json::from_str::<CharsetPolicy>("\"Warn\"").is_err());
     }
 
     #[test]
