@@ -147,26 +147,29 @@ fn fill<R: Read>(mut f: File, path: &Path, mut reader: R) -> Result<Written> {
 /// daemon), which they must not touch.
 pub fn write_temp_locked<R: Read>(dir: &Path, reader: R, mode: u32) -> Result<(Written, File)> {
     ensure_dir(dir)?;
-    let path = dir.join(format!(".{}.sluss-tmp", random_token()));
+    // Created under a name sweeps ignore, locked, and only then given its `.sluss-tmp` name:
+    // a sweep can never see this file unlocked while its writer is alive.
+    let token = random_token();
+    let fresh = dir.join(format!(".{token}.sluss-new"));
+    let path = dir.join(format!(".{token}.sluss-tmp"));
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(&path)
-        .map_err(|e| SpoolError::new("create", &path, e))?;
-    if let Err(e) = f.lock() {
-        let _ = fs::remove_file(&path);
-        return Err(SpoolError::new("lock", &path, e));
-    }
-    let lock = match f.try_clone() {
+        .open(&fresh)
+        .map_err(|e| SpoolError::new("create", &fresh, e))?;
+    let locked = f
+        .lock()
+        .and_then(|()| f.try_clone())
+        .and_then(|l| fs::rename(&fresh, &path).map(|()| l));
+    let lock = match locked {
         Ok(l) => l,
         Err(e) => {
-            let _ = fs::remove_file(&path);
-            return Err(SpoolError::new("lock", &path, e));
+            let _ = fs::remove_file(&fresh);
+            return Err(SpoolError::new("lock", &fresh, e));
         }
     };
-    let written = fill(f, &path, reader);
-    match written {
+    match fill(f, &path, reader) {
         Ok(w) => Ok((w, lock)),
         Err(e) => {
             let _ = fs::remove_file(&path);

@@ -553,7 +553,7 @@ fn crash_test_kill9_never_loses_or_doubles_a_file() {
     let mut sent: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut accepted_ids: BTreeSet<i64> = BTreeSet::new();
     let mut file_no = 0u64;
-    const ROUNDS: usize = 12;
+    const ROUNDS: usize = 25;
     for round in 0..ROUNDS {
         g.start();
         // Feed batches while the daemon runs; kill it at a random moment.
@@ -961,4 +961,32 @@ fn unwritable_destination_is_retried_then_dead_lettered() {
     );
     g.stop();
     assert_eq!(fs::read_dir(g.outbox()).unwrap().count(), 1);
+}
+
+#[test]
+fn characters_the_seal_cannot_protect_are_refused_by_policy() {
+    let g = Gateway::new();
+    let src = tempfile::tempdir().unwrap();
+    // '[' is Ä to the seal: a file carrying it could have been altered without breaking it.
+    let order = lb_order(DEMO_BG, 2, 900);
+    let text = order.clone();
+    let pos = text.windows(5).position(|w| w == b"VERIF").unwrap();
+    let mut changed = order;
+    changed[pos] = b'[';
+    let f = write(src.path(), "twin.txt", &sealed(&changed, "261129"));
+    let (code, out) = g.ingest("demo", &[&f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("charset") && out.contains("swedish-twin"),
+        "{out}"
+    );
+    // The same file from a partner whose policy is "warn" would pass: flip demo's policy.
+    let job = g.path().join("jobs.d/demo.toml");
+    let t = fs::read_to_string(&job)
+        .unwrap()
+        .replace("charset = \"reject\"", "charset = \"warn\"");
+    fs::write(&job, t).unwrap();
+    let f2 = write(src.path(), "twin2.txt", &sealed(&changed, "261130"));
+    let (code, out) = g.ingest("demo", &[&f2]);
+    assert_eq!(code, 0, "{out}");
 }

@@ -378,6 +378,7 @@ fn analyse(path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
 
     let flat_payment_order = matches!(rec.kind, Kind::LbPaymentOrder | Kind::AutogiroOrder);
     let must_check_seal = rec.sealed || (partner.seal.required && flat_payment_order);
+    let mut scan = None;
     if must_check_seal {
         if partner.seal.keys.is_empty() {
             seal_verdict = "no-key".into();
@@ -391,7 +392,11 @@ fn analyse(path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
                 ),
             ));
         } else {
-            match seal::verify(&partner.seal.keys, File::open(path)?)? {
+            // One pass: the MAC and the scan for characters the seal cannot protect.
+            let (verdict, s) =
+                seal::verify_with_scan(&partner.seal.keys, File::open(path)?, CHARSET_EXAMPLES)?;
+            scan = Some(s);
+            match verdict {
                 SealVerdict::Valid { kvv, .. } => {
                     seal_verdict = "valid".into();
                     seal_kvv = Some(kvv.as_str().to_string());
@@ -405,15 +410,21 @@ fn analyse(path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
     }
 
     if refusal.is_none() && rec.sealed && partner.seal.charset != CharsetPolicy::Allow {
-        let scan = seal::unprotected_bytes(File::open(path)?, CHARSET_EXAMPLES)?;
+        let scan = match scan {
+            Some(s) => s,
+            None => seal::unprotected_bytes(File::open(path)?, CHARSET_EXAMPLES)?,
+        };
         if scan.total > 0 {
             let where_ = scan
                 .findings
                 .iter()
                 .map(|f| {
                     format!(
-                        "line {} column {} (byte 0x{:02X})",
-                        f.line, f.column, f.byte
+                        "line {} column {} (byte 0x{:02X}, {})",
+                        f.line,
+                        f.column,
+                        f.byte,
+                        f.class.as_str()
                     )
                 })
                 .collect::<Vec<_>>()
