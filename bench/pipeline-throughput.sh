@@ -44,7 +44,7 @@ for f in range(n):
         fh.write(b"\r\n".join(lines) + b"\r\n")
 PY
 for f in "$WORK"/in/raw*.txt; do
-    "$BIN" seal --key-file "$WORK/gw/keys/demo.seal" --date 261129 -o "${f/raw/pay}" "$f"
+    "$BIN" seal --key-file "$WORK/gw/keys/demo.seal" --date 261129 -o "${f/raw/pay}" "$f" 2>/dev/null
     rm "$f"
 done
 sync
