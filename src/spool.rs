@@ -178,6 +178,54 @@ pub fn write_temp_locked<R: Read>(dir: &Path, reader: R, mode: u32) -> Result<(W
     }
 }
 
+/// Create an empty, locked temporary file in `dir` for a writer that fills it at arbitrary
+/// offsets (an SFTP upload). Returns its path, a handle for writing and the lock handle.
+/// Like [`write_temp_locked`], the file gets its `.sluss-tmp` name only once locked.
+pub fn create_locked(dir: &Path, mode: u32) -> Result<(PathBuf, File, File)> {
+    ensure_dir(dir)?;
+    let token = random_token();
+    let fresh = dir.join(format!(".{token}.sluss-new"));
+    let path = dir.join(format!(".{token}.sluss-tmp"));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&fresh)
+        .map_err(|e| SpoolError::new("create", &fresh, e))?;
+    let locked = f
+        .lock()
+        .and_then(|()| f.try_clone())
+        .and_then(|l| fs::rename(&fresh, &path).map(|()| l));
+    match locked {
+        Ok(lock) => Ok((path, f, lock)),
+        Err(e) => {
+            let _ = fs::remove_file(&fresh);
+            Err(SpoolError::new("lock", &fresh, e))
+        }
+    }
+}
+
+/// Make a file written through [`create_locked`] durable and describe it: fsync, size, and
+/// SHA-256 (computed by reading it back unless the writer already knows it).
+pub fn finish_upload(path: &Path, file: File, sha256: Option<String>) -> Result<Written> {
+    file.sync_all()
+        .map_err(|e| SpoolError::new("fsync", path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| SpoolError::new("stat", path, e))?
+        .len();
+    let sha256 = match sha256 {
+        Some(h) => h,
+        None => sha256_file(path)?,
+    };
+    Ok(Written {
+        path: path.to_path_buf(),
+        size,
+        sha256,
+    })
+}
+
 /// True when another open file holds a lock on `path` (a live writer is still working on it).
 pub fn is_locked(path: &Path) -> bool {
     match File::open(path) {

@@ -112,10 +112,7 @@ pub fn run_ingest(a: IngestArgs) -> anyhow::Result<ExitCode> {
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| path.display().to_string());
                     names.push(path.display().to_string());
-                    incoming.push(Incoming {
-                        name,
-                        reader: Box::new(f),
-                    });
+                    incoming.push(Incoming::from_reader(name, f));
                     opened.push(path);
                 }
                 Err(e) => {

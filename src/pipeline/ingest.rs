@@ -30,7 +30,45 @@ const STRUCTURE_EXAMPLES: usize = 3;
 pub struct Incoming<'a> {
     /// The name the sender gave it (recorded; never used as a path).
     pub name: String,
-    pub reader: Box<dyn Read + 'a>,
+    pub body: Body<'a>,
+}
+
+/// Where a handed-over file's bytes are.
+pub enum Body<'a> {
+    /// Bytes to copy into the spool (the CLI, pulls that stream).
+    Reader(Box<dyn Read + 'a>),
+    /// A file an inbound adapter already wrote into the spool with [`Pipeline::new_upload`]
+    /// (e.g. an SFTP upload written at client-chosen offsets). The pipeline fsyncs and hashes
+    /// it; `sha256` may be given when the adapter hashed a strictly sequential upload.
+    Upload(Upload, Option<String>),
+}
+
+impl<'a> Incoming<'a> {
+    /// A file to copy from a reader.
+    pub fn from_reader(name: impl Into<String>, reader: impl Read + 'a) -> Incoming<'a> {
+        Incoming {
+            name: name.into(),
+            body: Body::Reader(Box::new(reader)),
+        }
+    }
+}
+
+/// A file being written into the spool by an inbound adapter. Locked from creation, so
+/// start-up sweeps leave it alone while its writer lives; dropping it without handing it to
+/// [`Pipeline::ingest`] leaves a temporary file that [`Upload::abandon`] (or the next start's
+/// sweep) removes.
+pub struct Upload {
+    pub path: PathBuf,
+    /// Open for writing at any offset (`FileExt::write_at`).
+    pub file: File,
+    lock: File,
+}
+
+impl Upload {
+    /// Remove an upload that will not be handed over (client disconnected, quota exceeded).
+    pub fn abandon(self) {
+        let _ = spool::discard(&self.path);
+    }
 }
 
 /// What happened to one handed-over file.
@@ -265,6 +303,9 @@ impl Pipeline {
                             );
                         }
                         Outcome::Refused { id, code, reason } => {
+                            if partner.role == Role::Customer {
+                                self.write_rejection_note(partner, *id, &p, code, reason);
+                            }
                             tracing::error!(
                                 event = "alert.quarantined",
                                 file_id = id,
@@ -300,6 +341,66 @@ impl Pipeline {
         }
     }
 
+    /// A human-readable note in the customer's download folder (its SFTP `/download`): the
+    /// ERP gets the refusal where it fetches receipts, not only as an SFTP status line.
+    fn write_rejection_note(
+        &self,
+        partner: &Partner,
+        id: FileId,
+        p: &Pending,
+        code: &str,
+        reason: &str,
+    ) {
+        let safe: String = p
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        let note_name = format!("REJECTED-{id}-{}.txt", safe.trim_start_matches('.'));
+        let text = format!(
+            "sluss refused a file from {partner_id} and did NOT send it to the bank.\r\n\
+             \r\n\
+             File name:  {name}\r\n\
+             Ledger id:  {id}\r\n\
+             Received:   {at}\r\n\
+             Size:       {size} bytes\r\n\
+             SHA-256:    {sha}\r\n\
+             Reason:     {code}: {reason}\r\n\
+             \r\n\
+             The file is kept in quarantine. Correct the problem and send the file again, or\r\n\
+             contact the gateway operators quoting ledger id {id}.\r\n",
+            partner_id = partner.id,
+            name = p.name,
+            at = crate::ledger::now_rfc3339(),
+            size = p.written.size,
+            sha = p.written.sha256,
+        );
+        let dir = self.layout.download(&partner.id);
+        let r = spool::ensure_dir(&dir).and_then(|()| {
+            spool::write_new_file(
+                &dir.join(&note_name),
+                text.as_bytes(),
+                spool::MODE_DELIVERED,
+            )
+        });
+        if let Err(e) = r {
+            tracing::warn!(event = "note.failed", file_id = id, partner = %partner.id, "could not write the rejection note: {e}");
+        }
+    }
+
+    /// Start a file an inbound adapter writes into the spool itself (see [`Body::Upload`]).
+    pub fn new_upload(&self) -> Result<Upload, PipelineError> {
+        let (path, file, lock) = spool::create_locked(&self.layout.incoming(), spool::MODE_SECRET)?;
+        Ok(Upload { path, file, lock })
+    }
+
     fn spool_and_analyse(
         &self,
         partner: &Partner,
@@ -307,8 +408,7 @@ impl Pipeline {
     ) -> Result<Pending, IngestError> {
         let name = inc.name;
         let incoming = self.layout.incoming();
-        let (written, lock) = spool::write_temp_locked(&incoming, inc.reader, spool::MODE_SECRET)
-            .map_err(|e| {
+        let to_ingest_error = |e: spool::SpoolError| {
             if e.is_disk_full() {
                 IngestError::DiskFull {
                     name: name.clone(),
@@ -320,7 +420,22 @@ impl Pipeline {
                     source: e,
                 }
             }
-        })?;
+        };
+        let (written, lock) = match inc.body {
+            Body::Reader(reader) => spool::write_temp_locked(&incoming, reader, spool::MODE_SECRET)
+                .map_err(to_ingest_error)?,
+            Body::Upload(up, sha256) => {
+                let Upload { path, file, lock } = up;
+                let w = spool::finish_upload(&path, file, sha256);
+                match w {
+                    Ok(w) => (w, lock),
+                    Err(e) => {
+                        let _ = spool::discard(&path);
+                        return Err(to_ingest_error(e));
+                    }
+                }
+            }
+        };
         let analysis = match analyse(&written.path, partner) {
             Ok(a) => a,
             Err(e) => {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use ingest::{Incoming, IngestError, Outcome};
+pub use ingest::{Body, Incoming, IngestError, Outcome, Upload};
 
 /// Where the pipeline keeps things under the data directory.
 #[derive(Debug, Clone)]
