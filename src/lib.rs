@@ -13,5 +13,6 @@ pub mod config;
 pub mod formats;
 pub mod ledger;
 pub mod pipeline;
+pub mod remote;
 pub mod seal;
 pub mod spool;

@@ -308,7 +308,11 @@ fn refused_files_are_quarantined_with_distinct_reasons() {
         .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
     assert_eq!(notes.len(), 5, "{notes:?}");
-    assert!(notes.iter().any(|n| n.contains("seal:content-changed") && n.contains("NOT send")));
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("seal:content-changed") && n.contains("NOT send"))
+    );
     // Nothing refused reaches the bank, even with the daemon running.
     assert!(!g.outbox().exists() || fs::read_dir(g.outbox()).unwrap().count() == 0);
     // Every row carries its reason.

@@ -1,0 +1,92 @@
+//! Remote endpoints: the partners' servers (and local folders) sluss pulls files from and
+//! pushes files to. One trait, three kinds: SFTP (russh client), FTPS (suppaftp + rustls),
+//! and a local folder.
+//!
+//! This module moves bytes and names; it never decides anything about payments and never
+//! touches the ledger. Downloaded bytes go into files the spool created (the caller passes
+//! the open file); pushes read from spooled files.
+
+pub mod local;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, so sessions can be used as trait objects across the three kinds.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = Result<T, RemoteError>> + Send + 'a>>;
+
+/// One entry of a remote folder listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// File name within the listed folder (no path).
+    pub name: String,
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch, when the server tells it.
+    pub mtime: Option<i64>,
+    pub is_dir: bool,
+}
+
+/// What went wrong talking to a remote endpoint, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot connect to {endpoint}: {detail}")]
+    Connect { endpoint: String, detail: String },
+    #[error(
+        "{endpoint} presented host key {presented}, but the partner's configuration pins {expected}: refusing to connect (if the partner really changed its key, confirm the new fingerprint with them and update the pin)"
+    )]
+    HostKeyMismatch {
+        endpoint: String,
+        expected: String,
+        presented: String,
+    },
+    #[error("{endpoint}: the server's certificate is not trusted: {detail}")]
+    Certificate { endpoint: String, detail: String },
+    #[error("{endpoint}: login refused for user {user}: {detail}")]
+    Auth {
+        endpoint: String,
+        user: String,
+        detail: String,
+    },
+    #[error("{endpoint}: timed out after {seconds} s while {during}")]
+    Timeout {
+        endpoint: String,
+        seconds: u64,
+        during: String,
+    },
+    #[error("{endpoint}: {path}: not found")]
+    NotFound { endpoint: String, path: String },
+    #[error("{endpoint}: {op} {path}: {detail}")]
+    Op {
+        endpoint: String,
+        op: &'static str,
+        path: String,
+        detail: String,
+    },
+    #[error("local file: {0}")]
+    Local(#[from] std::io::Error),
+}
+
+/// A connected session with one endpoint. Paths are remote paths (`/out/file.txt`).
+pub trait RemoteSession: Send {
+    /// Files and folders in `dir`.
+    fn list<'a>(&'a mut self, dir: &'a str) -> BoxFut<'a, Vec<RemoteEntry>>;
+    /// Size and time of one file, `None` if it does not exist.
+    fn stat<'a>(&'a mut self, path: &'a str) -> BoxFut<'a, Option<RemoteEntry>>;
+    /// Download `path` into `to` (a file the spool created), returning the bytes written.
+    /// Binary, byte-exact, always.
+    fn get<'a>(&'a mut self, path: &'a str, to: &'a mut std::fs::File) -> BoxFut<'a, u64>;
+    /// Upload the contents of `from` as `path` (which should not exist), returning the bytes.
+    fn put<'a>(&'a mut self, from: &'a mut std::fs::File, path: &'a str) -> BoxFut<'a, u64>;
+    /// Rename `from` to `to`.
+    fn rename<'a>(&'a mut self, from: &'a str, to: &'a str) -> BoxFut<'a, ()>;
+    /// Delete `path`.
+    fn remove<'a>(&'a mut self, path: &'a str) -> BoxFut<'a, ()>;
+    /// End the session politely.
+    fn close<'a>(&'a mut self) -> BoxFut<'a, ()>;
+}
+
+/// An endpoint that can open sessions.
+pub trait RemoteEndpoint: Send + Sync {
+    /// For logs and the ledger: `sftp://user@host:port`, `ftps://…`, `local:/path`.
+    fn describe(&self) -> String;
+    fn connect(&self) -> BoxFut<'_, Box<dyn RemoteSession>>;
+}
