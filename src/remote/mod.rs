@@ -90,3 +90,12 @@ pub trait RemoteEndpoint: Send + Sync {
     fn describe(&self) -> String;
     fn connect(&self) -> BoxFut<'_, Box<dyn RemoteSession>>;
 }
+
+/// The endpoint object for a configured endpoint.
+pub fn open(spec: &crate::config::Endpoint) -> Box<dyn RemoteEndpoint> {
+    match spec {
+        crate::config::Endpoint::Local { path } => {
+            Box::new(local::LocalEndpoint { root: path.clone() })
+        }
+    }
+}
