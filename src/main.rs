@@ -44,10 +44,13 @@ enum Command {
 }
 
 fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUSS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal; journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -56,9 +59,23 @@ fn init_logging(json: bool) {
     }
 }
 
+/// Whether `sluss.toml` in `dir` asks for JSON logs (problems are reported later, in full,
+/// when the command loads the configuration for real).
+fn config_wants_json(dir: &std::path::Path) -> bool {
+    sluss::config::load(dir)
+        .map(|l| l.config.log.format == sluss::config::LogFormat::Json)
+        .unwrap_or(false)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    // The daemon's log format may come from sluss.toml ([log] format = "json"); the flag wins.
+    let json = cli.log_json
+        || match &cli.command {
+            Command::Serve(a) => config_wants_json(&a.config),
+            _ => false,
+        };
+    init_logging(json);
     let result = match cli.command {
         Command::Seal(a) => cli::seal::run_seal(a),
         Command::Verify(a) => cli::seal::run_verify(a),
