@@ -113,7 +113,7 @@ pub fn describe_endpoint(_p: &Pipeline, partner: &Partner) -> String {
 }
 
 /// The final name at the destination, from the destination partner's template.
-/// Placeholders: `{partner}` (the sender), `{to}`, `{kind}`, `{date}` (YYYYMMDD), `{time}`
+/// Placeholders (validated by config): `{partner}` (the sender), `{kind}`, `{date}` (YYYYMMDD), `{time}`
 /// (HHMMSS), `{id}` (ledger id; validation requires it, so names never collide),
 /// `{original}` (the sender's name, reduced to `[A-Za-z0-9._-]`, at most 64 characters).
 pub fn final_name(
@@ -141,7 +141,6 @@ pub fn final_name(
         .delivery
         .name_template
         .replace("{partner}", from)
-        .replace("{to}", &dest.id)
         .replace("{kind}", kind)
         .replace("{date}", &now.strftime("%Y%m%d").to_string())
         .replace("{time}", &now.strftime("%H%M%S").to_string())
