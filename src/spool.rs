@@ -146,29 +146,7 @@ fn fill<R: Read>(mut f: File, path: &Path, mut reader: R) -> Result<Written> {
 /// from another live process's file in progress (e.g. a `sluss ingest` running beside the
 /// daemon), which they must not touch.
 pub fn write_temp_locked<R: Read>(dir: &Path, reader: R, mode: u32) -> Result<(Written, File)> {
-    ensure_dir(dir)?;
-    // Created under a name sweeps ignore, locked, and only then given its `.sluss-tmp` name:
-    // a sweep can never see this file unlocked while its writer is alive.
-    let token = random_token();
-    let fresh = dir.join(format!(".{token}.sluss-new"));
-    let path = dir.join(format!(".{token}.sluss-tmp"));
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&fresh)
-        .map_err(|e| SpoolError::new("create", &fresh, e))?;
-    let locked = f
-        .lock()
-        .and_then(|()| f.try_clone())
-        .and_then(|l| fs::rename(&fresh, &path).map(|()| l));
-    let lock = match locked {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = fs::remove_file(&fresh);
-            return Err(SpoolError::new("lock", &fresh, e));
-        }
-    };
+    let (path, f, lock) = create_locked(dir, mode)?;
     match fill(f, &path, reader) {
         Ok(w) => Ok((w, lock)),
         Err(e) => {
@@ -180,7 +158,8 @@ pub fn write_temp_locked<R: Read>(dir: &Path, reader: R, mode: u32) -> Result<(W
 
 /// Create an empty, locked temporary file in `dir` for a writer that fills it at arbitrary
 /// offsets (an SFTP upload). Returns its path, a handle for writing and the lock handle.
-/// Like [`write_temp_locked`], the file gets its `.sluss-tmp` name only once locked.
+/// Created under a name sweeps ignore, locked, and only then given its `.sluss-tmp` name: a
+/// sweep can never see the file unlocked while its writer is alive.
 pub fn create_locked(dir: &Path, mode: u32) -> Result<(PathBuf, File, File)> {
     ensure_dir(dir)?;
     let token = random_token();

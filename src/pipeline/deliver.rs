@@ -124,19 +124,7 @@ pub fn final_name(
     original: &str,
     now: &jiff::Zoned,
 ) -> String {
-    let original: String = original
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect::<String>()
-        .trim_start_matches('.')
-        .to_string();
+    let original = super::safe_name(original);
     let name = dest
         .delivery
         .name_template

@@ -351,19 +351,7 @@ impl Pipeline {
         code: &str,
         reason: &str,
     ) {
-        let safe: String = p
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
-            .collect();
-        let note_name = format!("REJECTED-{id}-{}.txt", safe.trim_start_matches('.'));
+        let note_name = format!("REJECTED-{id}-{}.txt", super::safe_name(&p.name));
         let text = format!(
             "sluss refused a file from {partner_id} and did NOT send it to the bank.\r\n\
              \r\n\

@@ -124,6 +124,23 @@ impl Pipeline {
     }
 }
 
+/// A sender's file name reduced to something safe inside a name sluss makes: only
+/// `[A-Za-z0-9._-]`, at most 64 characters, no leading dot (never hidden, never `..`).
+pub fn safe_name(original: &str) -> String {
+    let kept: String = original
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    kept.trim_start_matches('.').to_string()
+}
+
 /// The OS user running this process: the default `--operator` for recorded decisions.
 pub fn os_user() -> String {
     std::env::var("SUDO_USER")
