@@ -232,19 +232,19 @@ pub async fn run_pull(pipeline: &Arc<Pipeline>, job_id: &str) -> Result<PullRepo
         unstable: Vec::new(),
         errors: Vec::new(),
         file_errors: 0,
+        after_errors: 0,
     };
     let fatal = r.run().await.err();
 
     let files = r.taken.len() as u64;
     let bytes = r.taken.iter().map(|t| t.size).sum();
-    let after_errors = r.taken.iter().filter(|t| t.after_error.is_some()).count();
     let mut errors = r.errors;
     let mut outcome = if let Some(e) = &fatal {
         errors.insert(0, e.clone());
         RunOutcome::Failed
     } else if r.file_errors > 0 && r.taken.is_empty() {
         RunOutcome::Failed
-    } else if r.file_errors > 0 || after_errors > 0 {
+    } else if r.file_errors > 0 || r.after_errors > 0 {
         RunOutcome::Partial
     } else {
         RunOutcome::Ok
@@ -309,6 +309,8 @@ struct Runner<'a> {
     errors: Vec<String>,
     /// Files that could not be taken (download or spool failed).
     file_errors: usize,
+    /// After-actions (delete, move, marker, note) that failed, this run's or retried ones.
+    after_errors: usize,
 }
 
 /// `dir/name` as a remote path.
@@ -570,6 +572,7 @@ impl Runner<'_> {
                 .push(format!("recording the after-action failed: {e}"));
         }
         if let Some(e) = err {
+            self.after_errors += 1;
             self.errors.push(e.to_string());
         }
     }
@@ -585,8 +588,9 @@ impl Runner<'_> {
     ) -> Result<(), String> {
         let what = |op: &str, e: RemoteError| {
             format!(
-                "{path}: {op} failed ({e}); the file stays remembered and is not taken again; \
-                 check the permissions on the partner's server"
+                "{path}: {op} failed ({e}); the file stays remembered and is not taken again, \
+                 and the {op} is retried next run; check that the folder exists and that sluss \
+                 may change it on the partner's server"
             )
         };
         match action {
@@ -678,6 +682,7 @@ impl Runner<'_> {
         }
         .await;
         if let Err(e) = r {
+            self.after_errors += 1;
             self.errors
                 .push(format!("rejection note {note} for file {id}: {e}"));
         }
