@@ -63,7 +63,11 @@ fn run(g: &Gateway) -> (i32, String) {
 /// `sluss jobs --json`, the entry of demo-bank/t.
 fn job_view(g: &Gateway) -> serde_json::Value {
     let out = g.cmd(&["jobs", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
         .unwrap()
@@ -115,7 +119,10 @@ fn pull_then_delete_and_the_customer_gets_identical_bytes() {
     assert!(names_in(&server(&g)).is_empty(), "deleted remotely: {out}");
     let recs = pulled(&g);
     assert_eq!(recs.len(), 2);
-    let mut shas: Vec<String> = recs.iter().map(|r| r["sha256"].as_str().unwrap().to_string()).collect();
+    let mut shas: Vec<String> = recs
+        .iter()
+        .map(|r| r["sha256"].as_str().unwrap().to_string())
+        .collect();
     shas.sort();
     let mut want = vec![sha_hex(&a), sha_hex(&b)];
     want.sort();
@@ -163,7 +170,10 @@ fn pull_then_move_and_a_name_clash_never_replaces() {
     );
     let ours = moved.iter().find(|n| *n != "stopped.txt").unwrap();
     assert!(ours.starts_with("stopped.txt."), "{ours}");
-    assert_eq!(fs::read(server(&g).join("processed").join(ours)).unwrap(), a);
+    assert_eq!(
+        fs::read(server(&g).join("processed").join(ours)).unwrap(),
+        a
+    );
     assert_eq!(pulled(&g).len(), 1);
 }
 
@@ -177,7 +187,10 @@ fn pull_then_keep_takes_each_file_once_but_a_new_version_again() {
     for _ in 0..2 {
         let (code, out) = run(&g);
         assert_eq!(code, 0, "{out}");
-        assert!(out.contains("ok: 0 file(s)"), "remembered, not taken again: {out}");
+        assert!(
+            out.contains("ok: 0 file(s)"),
+            "remembered, not taken again: {out}"
+        );
     }
     assert_eq!(pulled(&g).len(), 1);
     // A new version under the same name (other size) is a new file.
@@ -194,8 +207,14 @@ fn a_refused_file_is_kept_remembered_and_the_partner_gets_a_note() {
     put(&g, UNROUTABLE, "spec.txt");
     fs::create_dir_all(server(&g).join("rejected")).unwrap();
     let (code, out) = run(&g);
-    assert_eq!(code, 0, "refusal is the pipeline's verdict, not a failed run: {out}");
-    assert!(out.contains("refused spec.txt") && out.contains("unroutable"), "{out}");
+    assert_eq!(
+        code, 0,
+        "refusal is the pipeline's verdict, not a failed run: {out}"
+    );
+    assert!(
+        out.contains("refused spec.txt") && out.contains("unroutable"),
+        "{out}"
+    );
     let recs = pulled(&g);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["state"], "quarantined");
@@ -205,7 +224,10 @@ fn a_refused_file_is_kept_remembered_and_the_partner_gets_a_note() {
     let notes = names_in(&server(&g).join("rejected"));
     assert_eq!(notes, [format!("REJECTED-{id}-spec.txt.txt")]);
     let note = fs::read_to_string(server(&g).join("rejected").join(&notes[0])).unwrap();
-    assert!(note.contains("unroutable") && note.contains(&id.to_string()), "{note}");
+    assert!(
+        note.contains("unroutable") && note.contains(&id.to_string()),
+        "{note}"
+    );
     let (code, out) = run(&g);
     assert_eq!(code, 0, "{out}");
     assert_eq!(pulled(&g).len(), 1, "not taken twice: {out}");
@@ -218,7 +240,10 @@ fn a_failed_remote_move_never_causes_a_second_ingest() {
     put(&g, STOPPED, "stopped.txt");
     let (code, out) = run(&g);
     assert_eq!(code, 1, "partial: {out}");
-    assert!(out.contains("partial: 1 file(s)") && out.contains("move failed"), "{out}");
+    assert!(
+        out.contains("partial: 1 file(s)") && out.contains("move failed"),
+        "{out}"
+    );
     assert!(server(&g).join("stopped.txt").exists());
     let (code, out) = run(&g);
     assert_eq!(code, 1, "{out}");
@@ -266,7 +291,10 @@ fn a_file_still_being_written_is_not_taken_until_it_holds_still() {
     done.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("still changing") && out.contains("growing.txt"), "{out}");
+    assert!(
+        out.contains("still changing") && out.contains("growing.txt"),
+        "{out}"
+    );
     assert!(pulled(&g).is_empty(), "{out}");
     assert_eq!(fs::read(&path).unwrap(), full);
 
@@ -274,7 +302,11 @@ fn a_file_still_being_written_is_not_taken_until_it_holds_still() {
     assert_eq!(code, 0, "{out}");
     let recs = pulled(&g);
     assert_eq!(recs.len(), 1, "{out}");
-    assert_eq!(recs[0]["sha256"], sha_hex(&full), "the whole file, not a prefix");
+    assert_eq!(
+        recs[0]["sha256"],
+        sha_hex(&full),
+        "the whole file, not a prefix"
+    );
 }
 
 #[test]
@@ -322,14 +354,20 @@ fn server_down_retries_then_dead_letters_then_recovers() {
     // The "server" (folder) does not exist.
     let (code, out) = run(&g);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("failed") && out.contains("does not exist"), "{out}");
+    assert!(
+        out.contains("failed") && out.contains("does not exist"),
+        "{out}"
+    );
     let v = job_view(&g);
     assert_eq!(v["state"], "retrying", "{v}");
     assert_eq!(v["failures"], 1);
     let (code, out) = run(&g);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("dead-letter"), "{out}");
-    assert!(out.contains("alert.dead-letter"), "alerted in the log: {out}");
+    assert!(
+        out.contains("alert.dead-letter"),
+        "alerted in the log: {out}"
+    );
     let v = job_view(&g);
     assert_eq!(v["state"], "dead-lettered", "{v}");
     assert_eq!(v["runs"][0]["outcome"], "dead-letter");
@@ -342,7 +380,10 @@ fn server_down_retries_then_dead_letters_then_recovers() {
     let v = job_view(&g);
     assert_eq!(v["state"], "ok", "{v}");
     assert_eq!(v["runs"][0]["files"], 1);
-    assert_eq!(v["runs"][0]["bytes"], fs::read(util::fixture(STOPPED)).unwrap().len());
+    assert_eq!(
+        v["runs"][0]["bytes"],
+        fs::read(util::fixture(STOPPED)).unwrap().len()
+    );
 }
 
 #[test]
@@ -354,7 +395,8 @@ fn the_daemon_runs_jobs_on_schedule_dead_letters_and_recovers() {
     );
     g.start();
     assert!(
-        g.wait_for(Duration::from_secs(60), || job_view(&g)["state"] == "dead-lettered"),
+        g.wait_for(Duration::from_secs(60), || job_view(&g)["state"]
+            == "dead-lettered"),
         "{}",
         g.diag()
     );
@@ -401,7 +443,8 @@ fn pull_configuration_errors_name_file_field_and_fix() {
          after = \"keep\"\nmove_to = \"y\"\npattern = \"a/b\"",
     );
     let out = g.cmd(&["check"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}");
     for want in [
         "pull[0].after: \"move\" needs the folder",
@@ -418,7 +461,8 @@ fn pull_configuration_errors_name_file_field_and_fix() {
     // A typo in a pull table is an error too.
     let g = gateway("after = \"keep\"\nstabel_seconds = 3");
     let out = g.cmd(&["check"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("stabel_seconds"), "{text}");
 }

@@ -79,7 +79,7 @@ fn list(p: &Pipeline, json: bool, shown: usize) -> anyhow::Result<ExitCode> {
     }
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
     println!(
-        "{:<28} {:<16} {:<14} {:<27} LAST RUN",
+        "{:<28} {:<16} {:<20} {:<27} LAST RUN",
         "JOB", "SCHEDULE", "STATE", "NEXT"
     );
     for j in &out {
@@ -102,7 +102,7 @@ fn list(p: &Pipeline, json: bool, shown: usize) -> anyhow::Result<ExitCode> {
             ),
         };
         println!(
-            "{:<28} {:<16} {:<14} {:<27} {last}",
+            "{:<28} {:<16} {:<20} {:<27} {last}",
             s(&j["job"]),
             s(&j["schedule"]),
             state,
@@ -110,7 +110,7 @@ fn list(p: &Pipeline, json: bool, shown: usize) -> anyhow::Result<ExitCode> {
         );
         for r in j["runs"].as_array().into_iter().flatten().skip(1) {
             println!(
-                "{:<88} {} {}: {} file(s), {} bytes",
+                "{:<94} {} {}: {} file(s), {} bytes",
                 "",
                 s(&r["started_at"]),
                 r["outcome"].as_str().unwrap_or("running or interrupted"),

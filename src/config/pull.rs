@@ -144,8 +144,8 @@ impl Schedule {
             .build()
             .parse(text)
             .map_err(|e| e.to_string())?;
-        let timezone = jiff::tz::TimeZone::get(tz)
-            .map_err(|_| format!("unknown time zone `{tz}`"))?;
+        let timezone =
+            jiff::tz::TimeZone::get(tz).map_err(|_| format!("unknown time zone `{tz}`"))?;
         Ok(Schedule {
             text: text.to_string(),
             cron,
@@ -206,12 +206,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// A remote folder: non-empty, no `..`, no control characters.
-fn remote_dir(
-    cx: &FileCx<'_, '_>,
-    p: &mut Problems,
-    field: &str,
-    value: &str,
-) -> Option<String> {
+fn remote_dir(cx: &FileCx<'_, '_>, p: &mut Problems, field: &str, value: &str) -> Option<String> {
     let v = value.trim();
     if v.is_empty() {
         cx.err(
@@ -334,7 +329,14 @@ pub(super) fn validate(
             Some(m) => Some(m.to_string()),
         };
 
-        let after = after_action(cx, p, &f("after"), &f("move_to"), r.after, r.move_to.as_deref());
+        let after = after_action(
+            cx,
+            p,
+            &f("after"),
+            &f("move_to"),
+            r.after,
+            r.move_to.as_deref(),
+        );
         let after_refused = after_action(
             cx,
             p,
@@ -512,7 +514,10 @@ mod tests {
     #[test]
     fn globs() {
         assert!(glob_match("*.txt", "a.txt"));
-        assert!(!glob_match("*.txt", ".txt"), "hidden files need a dot pattern");
+        assert!(
+            !glob_match("*.txt", ".txt"),
+            "hidden files need a dot pattern"
+        );
         assert!(glob_match(".*", ".hidden"));
         assert!(!glob_match("*.txt", "a.txt.part"));
         assert!(glob_match("LB??.*", "LB01.dat"));

@@ -139,9 +139,7 @@ pub struct PullReport {
 /// A run could not start at all.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error(
-        "there is no pull job `{0}`: give it as PARTNER/NAME; `sluss jobs` lists the jobs"
-    )]
+    #[error("there is no pull job `{0}`: give it as PARTNER/NAME; `sluss jobs` lists the jobs")]
     UnknownJob(String),
     #[error(
         "pull job {job} is running right now (in the daemon or another `sluss jobs run`); \
@@ -215,7 +213,10 @@ pub async fn run_pull(pipeline: &Arc<Pipeline>, job_id: &str) -> Result<PullRepo
     let _lock = pipeline.lock_job(job, &partner.id)?;
     let prior = {
         let l = pipeline.ledger();
-        failure_streak(&l.runs(&job.id, STREAK_WINDOW).map_err(PipelineError::from)?)
+        failure_streak(
+            &l.runs(&job.id, STREAK_WINDOW)
+                .map_err(PipelineError::from)?,
+        )
     };
     let run = pipeline
         .ledger()
@@ -432,7 +433,10 @@ impl Runner<'_> {
         let path = join(&job.dir, &e.name);
         let mut upload = self.pipeline.new_upload().map_err(|e| e.to_string())?;
         let got = self
-            .timed(&format!("downloading {path}"), s.get(&path, &mut upload.file))
+            .timed(
+                &format!("downloading {path}"),
+                s.get(&path, &mut upload.file),
+            )
             .await;
         let n = match got {
             Ok(n) => n,
@@ -648,7 +652,10 @@ impl Runner<'_> {
             })
             .take(64)
             .collect();
-        let note = join(dir, &format!("REJECTED-{id}-{}.txt", safe.trim_start_matches('.')));
+        let note = join(
+            dir,
+            &format!("REJECTED-{id}-{}.txt", safe.trim_start_matches('.')),
+        );
         let text = format!(
             "sluss refused a file it fetched from {partner} and did NOT pass it on.\r\n\
              \r\n\

@@ -164,9 +164,11 @@ async fn run_all(pipeline: Arc<Pipeline>, mut stop: watch::Receiver<bool>) {
         tasks.len()
     );
     let _ = stop.wait_for(|s| *s).await;
-    if tokio::time::timeout(STOP_WAIT, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
+    if tokio::time::timeout(STOP_WAIT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
     {
         tracing::warn!(
             event = "scheduler.abandoned",
@@ -320,14 +322,24 @@ mod tests {
             .iter()
             .filter(|t| local(**t).starts_with("2026-10-25"))
             .count();
-        assert_eq!(on_day, 1, "{:?}", got.iter().map(|t| local(*t)).collect::<Vec<_>>());
+        assert_eq!(
+            on_day,
+            1,
+            "{:?}",
+            got.iter().map(|t| local(*t)).collect::<Vec<_>>()
+        );
         assert_eq!(local(got[0]), "2026-10-24 02:30:00 +02:00");
         assert_eq!(local(got[2]), "2026-10-26 02:30:00 +01:00");
     }
 
     #[test]
     fn frequent_schedules_stay_strictly_increasing_across_both_changes() {
-        for text in ["*/15 * * * *", "0 * * * *", "*/30 * * * * *", "0 30 2 * * *"] {
+        for text in [
+            "*/15 * * * *",
+            "0 * * * *",
+            "*/30 * * * * *",
+            "0 30 2 * * *",
+        ] {
             let s = sched(text);
             for start in ["2026-03-28T22:00", "2026-10-24T22:00"] {
                 let got = series(&s, sthlm(start), 200);
@@ -347,7 +359,10 @@ mod tests {
         let tick = sthlm("2026-06-01T10:00:00");
         assert_eq!(next_after(&s, tick), Some(sthlm("2026-06-01T10:00:30")));
         let just_after = tick.checked_add(SignedDuration::from_millis(500)).unwrap();
-        assert_eq!(next_after(&s, just_after), Some(sthlm("2026-06-01T10:00:30")));
+        assert_eq!(
+            next_after(&s, just_after),
+            Some(sthlm("2026-06-01T10:00:30"))
+        );
     }
 
     fn job(schedule: &str, attempts: u32) -> PullJob {
@@ -400,7 +415,10 @@ mod tests {
         // A retry due after the next cron time waits for the cron time instead.
         let late = sthlm("2026-06-01T10:59:30");
         let runs = [run(late, "failed"), run(late, "failed")];
-        assert_eq!(next_run(&j, &runs, late), Some(sthlm("2026-06-01T11:00:00")));
+        assert_eq!(
+            next_run(&j, &runs, late),
+            Some(sthlm("2026-06-01T11:00:00"))
+        );
         // Dead-lettered: the cron pace only.
         let runs = [run(t0, "dead-letter"), run(t0, "failed"), run(t0, "failed")];
         assert_eq!(next_run(&j, &runs, t0), Some(sthlm("2026-06-01T11:00:00")));
@@ -418,7 +436,10 @@ mod tests {
         let runs = [run(last, "ok")];
         assert!(!missed_run(&j, &runs, sthlm("2026-06-02T02:00:00")));
         assert!(missed_run(&j, &runs, sthlm("2026-06-02T09:00:00")));
-        assert!(!missed_run(&j, &[], sthlm("2026-06-02T09:00:00")), "never ran");
+        assert!(
+            !missed_run(&j, &[], sthlm("2026-06-02T09:00:00")),
+            "never ran"
+        );
         j.catch_up = false;
         assert!(!missed_run(&j, &runs, sthlm("2026-06-02T09:00:00")));
     }
