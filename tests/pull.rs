@@ -466,3 +466,53 @@ fn pull_configuration_errors_name_file_field_and_fix() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("stabel_seconds"), "{text}");
 }
+
+#[test]
+fn a_slow_partner_does_not_hold_up_another() {
+    // demo-bank's job sits in a ten-minute stability wait; demo's job must still run.
+    let mut g = gateway_with("* * * * * *", "stable_seconds = 600\nafter = \"delete\"");
+    put(&g, STOPPED, "waiting.txt");
+    let demo = g.path().join("jobs.d/demo.toml");
+    let mut text = fs::read_to_string(&demo).unwrap();
+    text.push_str(
+        "\n[[pull]]\nname = \"erp\"\nendpoint = { type = \"local\", path = \"erp-server\" }\n\
+         schedule = \"* * * * * *\"\njitter_seconds = 0\nstable_seconds = 0\n\
+         after = \"delete\"\nafter_refused = \"delete\"\n",
+    );
+    fs::write(&demo, text).unwrap();
+    let erp = g.path().join("erp-server");
+    fs::create_dir_all(&erp).unwrap();
+    g.start();
+    // Let demo-bank's run start its wait first.
+    assert!(
+        g.wait_for(Duration::from_secs(30), || fs::read_to_string(
+            g.path().join("serve.log")
+        )
+        .unwrap_or_default()
+        .contains("pull demo-bank/t started")),
+        "{}",
+        g.diag()
+    );
+    fs::write(
+        erp.join("order.txt"),
+        fs::read(util::fixture(STOPPED)).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        g.wait_for(Duration::from_secs(60), || names_in(&erp).is_empty()),
+        "{}",
+        g.diag()
+    );
+    // The slow job is still waiting (its file untouched); kill rather than wait for it.
+    assert!(server(&g).join("waiting.txt").exists());
+    g.kill9();
+    let taken: Vec<_> = g
+        .ledger_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"] == "pull:erp")
+        .cloned()
+        .collect();
+    assert_eq!(taken.len(), 1);
+}

@@ -473,7 +473,7 @@ fn after_action(
                 p,
                 field,
                 "\"move\" needs the folder to move files to",
-                format!("add `{}` = \"processed\" (a remote folder)", last(to_field)),
+                format!("add {} = \"processed\" (a remote folder)", last(to_field)),
             );
             None
         }

@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How many past runs are read to find the failure streak: enough for any `attempts` setting
-/// would be unbounded, so the streak saturates here (far above any sensible `attempts`).
+/// The failure streak is counted over at most this many recent runs: it is only compared
+/// with `attempts` (at most 1000) and reported in logs.
 const STREAK_WINDOW: usize = 1000;
 
 /// How a run ended, as stored in the ledger's `runs.outcome`.
@@ -330,14 +330,7 @@ impl Runner<'_> {
         during: &str,
         fut: impl Future<Output = Result<T, RemoteError>>,
     ) -> Result<T, RemoteError> {
-        match tokio::time::timeout(self.job.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(RemoteError::Timeout {
-                endpoint: remote::open(&self.job.endpoint).describe(),
-                seconds: self.job.timeout.as_secs(),
-                during: during.to_string(),
-            }),
-        }
+        with_timeout(self.job, during, fut).await
     }
 
     /// The run proper. `Err` only for what stops the whole run.
@@ -696,6 +689,22 @@ impl Runner<'_> {
     }
 }
 
+/// `fut` limited to the job's `timeout`; a hung server becomes [`RemoteError::Timeout`].
+async fn with_timeout<T>(
+    job: &PullJob,
+    during: &str,
+    fut: impl Future<Output = Result<T, RemoteError>>,
+) -> Result<T, RemoteError> {
+    match tokio::time::timeout(job.timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(RemoteError::Timeout {
+            endpoint: remote::open(&job.endpoint).describe(),
+            seconds: job.timeout.as_secs(),
+            during: during.to_string(),
+        }),
+    }
+}
+
 /// Exponential backoff: `initial` doubled per failure after the first, capped at `max`.
 pub fn backoff(failures: u32, initial: Duration, max: Duration) -> Duration {
     let shift = failures.saturating_sub(1).min(30);
@@ -752,6 +761,49 @@ mod tests {
         assert_eq!(backoff(4, s(30), s(3600)), s(240));
         assert_eq!(backoff(100, s(30), s(3600)), s(3600));
         assert_eq!(backoff(0, s(30), s(3600)), s(30));
+    }
+
+    #[test]
+    fn a_hung_operation_times_out_with_what_it_was_doing() {
+        let job = crate::config::PullJob {
+            id: "p/j".into(),
+            name: "j".into(),
+            endpoint: crate::config::Endpoint::Local {
+                path: "/srv/partner".into(),
+            },
+            dir: ".".into(),
+            pattern: "*".into(),
+            schedule: crate::config::Schedule::parse("* * * * *", "UTC").unwrap(),
+            stable: Duration::ZERO,
+            done_marker: None,
+            after: AfterAction::Keep,
+            after_refused: AfterAction::Keep,
+            rejection_notes: None,
+            catch_up: false,
+            jitter: Duration::ZERO,
+            attempts: 1,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+            // Short, so the test is quick; the future below never completes either way.
+            timeout: Duration::from_millis(20),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r: Result<(), RemoteError> = rt.block_on(with_timeout(
+            &job,
+            "listing out",
+            std::future::pending::<Result<(), RemoteError>>(),
+        ));
+        let e = r.unwrap_err();
+        assert!(matches!(e, RemoteError::Timeout { .. }), "{e}");
+        assert!(
+            e.to_string().contains("local:/srv/partner") && e.to_string().contains("listing out"),
+            "{e}"
+        );
+        let ok: Result<u8, RemoteError> = rt.block_on(with_timeout(&job, "x", async { Ok(7) }));
+        assert_eq!(ok.unwrap(), 7);
     }
 
     #[test]
