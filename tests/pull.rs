@@ -458,6 +458,49 @@ fn pull_configuration_errors_name_file_field_and_fix() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     assert!(text.contains("demo-bank.toml:"), "{text}");
+    // Pulling from a folder sluss writes itself would take its own output back in.
+    for (path, what) in [
+        (
+            "var/bank-outbox",
+            "the delivery folder of partner `demo-bank`",
+        ),
+        ("var/download/demo", "data_dir"),
+        ("var/spool/files", "data_dir"),
+    ] {
+        let g = Gateway::new();
+        let job = g.path().join("jobs.d/demo-bank.toml");
+        let mut text = fs::read_to_string(&job).unwrap();
+        text.push_str(&format!(
+            "\n[[pull]]\nname = \"t\"\nendpoint = {{ type = \"local\", path = \"{path}\" }}\n\
+             schedule = \"* * * * *\"\nafter = \"keep\"\n"
+        ));
+        fs::write(&job, text).unwrap();
+        let out = g.cmd(&["check"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {text}");
+        assert!(
+            text.contains("pull[0].endpoint.path") && text.contains(what),
+            "{path}: {text}"
+        );
+    }
+    // A folder of its own inside data_dir is fine.
+    let g = Gateway::new();
+    let job = g.path().join("jobs.d/demo-bank.toml");
+    let mut text = fs::read_to_string(&job).unwrap();
+    text.push_str(
+        "\n[[pull]]\nname = \"t\"\nendpoint = { type = \"local\", path = \"var/bank-inbox\" }\n\
+         schedule = \"* * * * *\"\nafter = \"keep\"\n",
+    );
+    fs::write(&job, text).unwrap();
+    let out = g.cmd(&["check"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A typo in a pull table is an error too.
     let g = gateway("after = \"keep\"\nstabel_seconds = 3");
     let out = g.cmd(&["check"]).output().unwrap();

@@ -5,12 +5,13 @@
 //! Like the rest of `config`, this only reads: it never touches a remote server or a file.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Endpoint;
 use super::validate::{Env, FileCx, Problems, int_in, pull_endpoint};
+use super::{Endpoint, Partner};
 
 /// The time zone schedules are read in when `timezone` is left out: the banks' own.
 pub const DEFAULT_TIMEZONE: &str = "Europe/Stockholm";
@@ -457,6 +458,58 @@ pub(super) fn validate(
         });
     }
     jobs
+}
+
+/// Pulls against the rest of the configuration: a local pull folder must not be (or overlap)
+/// a folder sluss itself delivers into, or its own data (spool, downloads, archive): sluss
+/// would take its own output back in, or take files out from under the pipeline.
+pub(super) fn cross_check(partners: &[(&Partner, &Path)], data_dir: &Path, p: &mut Problems) {
+    let mut own: Vec<(String, PathBuf)> = vec![("data_dir".into(), data_dir.to_path_buf())];
+    for (o, _) in partners {
+        #[allow(irrefutable_let_patterns)] // more endpoint kinds are coming
+        if let Endpoint::Local { path } = &o.delivery.endpoint
+            && !path.as_os_str().is_empty()
+        {
+            own.push((
+                format!("the delivery folder of partner `{}`", o.id),
+                path.clone(),
+            ));
+        }
+    }
+    for (partner, file) in partners {
+        for (i, job) in partner.pulls.iter().enumerate() {
+            #[allow(irrefutable_let_patterns)]
+            let Endpoint::Local { path } = &job.endpoint else {
+                continue;
+            };
+            for (what, dir) in &own {
+                // A folder of its own inside data_dir (e.g. var/bank-inbox) is fine.
+                let bad = if what == "data_dir" {
+                    path == dir
+                        || dir.starts_with(path)
+                        || ["spool", "download", "archive", "locks"]
+                            .iter()
+                            .any(|sub| path.starts_with(dir.join(sub)))
+                } else {
+                    path.starts_with(dir) || dir.starts_with(path)
+                };
+                if bad {
+                    p.0.push(super::ConfigError {
+                        file: file.to_path_buf(),
+                        line: None,
+                        field: format!("pull[{i}].endpoint.path"),
+                        message: format!(
+                            "{} overlaps {what} ({}): sluss would take its own files",
+                            path.display(),
+                            dir.display()
+                        ),
+                        fix: "pull from a folder of its own that only the partner writes, e.g. \"var/bank-inbox\"".into(),
+                    });
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn after_action(

@@ -1194,6 +1194,11 @@ fn endpoint(
 }
 
 fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &mut Problems) {
+    let partners: Vec<(&Partner, &Path)> = drafts
+        .iter()
+        .map(|d| (&d.partner, d.shown.as_path()))
+        .collect();
+    super::pull::cross_check(&partners, env.data_dir, p);
     let by_id: BTreeMap<&str, &Draft> = drafts.iter().map(|d| (d.partner.id.as_str(), d)).collect();
     let at = |c: &Claim| match c.line {
         Some(l) => format!("{}:{l}", c.file.display()),
