@@ -6,6 +6,7 @@
 //!   creates, renames and fsyncs files);
 //! - [`config`]: raw operator files → validated runtime types;
 //! - [`pipeline`]: ingest → route → deliver, the state machine that keeps the invariants;
+//! - [`scheduler`]: when pull jobs run (cron in a time zone, retries, bounded concurrency);
 //! - the binary (`src/main.rs`, `src/cli/`) parses the command line and calls the above.
 #![forbid(unsafe_code)]
 
@@ -14,5 +15,6 @@ pub mod formats;
 pub mod ledger;
 pub mod pipeline;
 pub mod remote;
+pub mod scheduler;
 pub mod seal;
 pub mod spool;

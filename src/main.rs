@@ -41,6 +41,8 @@ enum Command {
     Ledger(cli::ledger::LedgerArgs),
     /// Archived (encrypted) copies of delivered files.
     Archive(cli::ledger::ArchiveArgs),
+    /// Pull jobs: schedule, last run, next run, state; `jobs run PARTNER/NAME` runs one now.
+    Jobs(cli::jobs::JobsArgs),
 }
 
 fn init_logging(json: bool) {
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Ingest(a) => cli::serve::run_ingest(a),
         Command::Ledger(a) => cli::ledger::run(a),
         Command::Archive(a) => cli::ledger::run_archive(a),
+        Command::Jobs(a) => cli::jobs::run(a),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! subcommands; all real work happens in the library. `anyhow` is allowed here (binary edge).
 pub mod check;
 pub mod inspect;
+pub mod jobs;
 pub mod ledger;
 pub mod seal;
 pub mod serve;

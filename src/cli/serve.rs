@@ -2,8 +2,8 @@
 //!
 //! Both load and validate the whole configuration first, generate the key files the shipped
 //! example marks as generated-at-first-start, and open the pipeline. `serve` then recovers
-//! what a previous run left unfinished and runs one delivery worker per destination until
-//! SIGTERM or SIGINT.
+//! what a previous run left unfinished and runs one delivery worker per destination, and the
+//! pull-job scheduler, until SIGTERM or SIGINT.
 
 use anyhow::{Context, bail};
 use sluss::config::{self, Config, PendingKey};
@@ -230,6 +230,8 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 })?,
         );
     }
+    // Pull jobs (issue 5): scheduled in their own thread and runtime; stopped below.
+    let scheduler = sluss::scheduler::Scheduler::start(pipeline.clone())?;
     tracing::info!(
         event = "daemon.ready",
         "sluss is running; stop with SIGTERM or Ctrl-C"
@@ -252,6 +254,7 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         event = "daemon.stopping",
         "stopping: finishing batches in progress"
     );
+    scheduler.stop();
     stop.store(true, Ordering::Relaxed);
     pipeline.ring();
     for w in workers {

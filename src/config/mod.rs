@@ -9,8 +9,11 @@
 //! example marks as generated at first start come back as [`PendingKey`]s; the daemon
 //! creates them and loads again.
 
+mod pull;
 mod raw;
 mod validate;
+
+pub use pull::{AfterAction, PullJob, Schedule, glob_match};
 
 // The one place where config meets its leaves (seal keys, bankgiro numbers).
 use crate::{
@@ -83,6 +86,8 @@ pub struct Partner {
     pub duplicate_window: Duration,
     pub delivery: Delivery,
     pub archive: Archive,
+    /// Scheduled pulls from the partner's servers (`[[pull]]`).
+    pub pulls: Vec<PullJob>,
     /// The `jobs.d` file this partner came from (absolute).
     pub source_file: PathBuf,
 }

@@ -55,6 +55,9 @@ pub struct RawPartnerFile {
     pub payments: Option<RawPayments>,
     pub delivery: Option<RawDelivery>,
     pub archive: Option<RawArchive>,
+    /// `[[pull]]` jobs (see `config/pull.rs`).
+    #[serde(default)]
+    pub pull: Vec<super::pull::RawPull>,
 }
 
 #[derive(Debug, Deserialize)]

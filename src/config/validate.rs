@@ -48,7 +48,7 @@ const SEE_DOCS: &str = "see docs/jobs.md for the fields and their values";
 
 /// The problems found so far.
 #[derive(Default)]
-struct Problems(Vec<ConfigError>);
+pub(super) struct Problems(pub(super) Vec<ConfigError>);
 
 impl Problems {
     fn push(
@@ -70,17 +70,17 @@ impl Problems {
 }
 
 /// One file being checked: where problems are reported and how fields map to lines.
-struct FileCx<'a, 'd> {
+pub(super) struct FileCx<'a, 'd> {
     file: &'a Path,
     doc: &'a SpannedDoc<'d>,
 }
 
 impl FileCx<'_, '_> {
-    fn line(&self, field: &str) -> Option<usize> {
+    pub(super) fn line(&self, field: &str) -> Option<usize> {
         self.doc.line_of(field)
     }
 
-    fn err(
+    pub(super) fn err(
         &self,
         p: &mut Problems,
         field: &str,
@@ -223,12 +223,12 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
 }
 
 /// Daemon-wide settings the partner checks need.
-struct Env<'a> {
+pub(super) struct Env<'a> {
     dir: &'a Path,
     data_dir: &'a Path,
     keys_dir: &'a Path,
     jobs_dir: &'a Path,
-    defaults: &'a Defaults,
+    pub(super) defaults: &'a Defaults,
 }
 
 fn days(n: u32) -> Duration {
@@ -383,7 +383,7 @@ fn partner_files(
     files
 }
 
-fn int_in(
+pub(super) fn int_in(
     cx: &FileCx<'_, '_>,
     p: &mut Problems,
     field: &str,
@@ -749,6 +749,7 @@ fn partner(
     );
 
     let archive = archive_policy(cx, r.archive.as_ref(), p);
+    let pulls = super::pull::validate(cx, env, &id, &r.pull, p);
 
     let delivery_line = cx.line(&delivery_field);
     Draft {
@@ -772,6 +773,7 @@ fn partner(
                 attempts,
             },
             archive,
+            pulls,
             source_file,
         },
         bank_ref,
@@ -1045,6 +1047,25 @@ fn archive_policy(
     }
 }
 
+/// A pull job's `endpoint` table (`field` is e.g. `pull[0].endpoint`): the same rules as a
+/// delivery endpoint, with problems reported under the pull's field.
+pub(super) fn pull_endpoint(
+    cx: &FileCx<'_, '_>,
+    env: &Env<'_>,
+    field: &str,
+    t: &toml::Table,
+    p: &mut Problems,
+) -> Option<Endpoint> {
+    let mut mine = Problems::default();
+    let found = endpoint(cx, env, t, &mut mine);
+    for mut e in mine.0 {
+        e.field = e.field.replacen("delivery.endpoint", field, 1);
+        e.line = cx.line(&e.field);
+        p.0.push(e);
+    }
+    found.map(|path| Endpoint::Local { path })
+}
+
 enum KeyState {
     Loaded(SealKey),
     Missing,
@@ -1173,6 +1194,11 @@ fn endpoint(
 }
 
 fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &mut Problems) {
+    let partners: Vec<(&Partner, &Path)> = drafts
+        .iter()
+        .map(|d| (&d.partner, d.shown.as_path()))
+        .collect();
+    super::pull::cross_check(&partners, env.data_dir, p);
     let by_id: BTreeMap<&str, &Draft> = drafts.iter().map(|d| (d.partner.id.as_str(), d)).collect();
     let at = |c: &Claim| match c.line {
         Some(l) => format!("{}:{l}", c.file.display()),

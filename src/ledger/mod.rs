@@ -11,6 +11,7 @@
 //! audit-chain encoding.
 
 mod audit;
+mod remote_files;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 pub use audit::{AuditHead, AuditProblem, AuditReport, GENESIS_HASH};
+pub use remote_files::{AfterState, NewRemoteFile, RemoteFileRecord};
 
 /// How long a statement waits for another process's write lock before giving up with
 /// [`LedgerError::Locked`]. A few seconds rides out a CLI command or a checkpoint; longer

@@ -113,6 +113,33 @@ CREATE TABLE runs (
 );
 CREATE INDEX runs_job ON runs (job, started_at);
 "#,
+    // 2: remote files a pull job took, so none is ever ingested twice (see remote_files.rs).
+    r#"
+CREATE TABLE remote_files (
+    id          INTEGER PRIMARY KEY,
+    partner     TEXT NOT NULL,
+    -- `<partner>/<name>` of the pull job.
+    job         TEXT NOT NULL,
+    -- Remote path as listed (`dir/name`).
+    path        TEXT NOT NULL,
+    size        INTEGER NOT NULL CHECK (size >= 0),
+    -- Seconds since the epoch as the server reported it; NULL when it reports none.
+    mtime       INTEGER,
+    sha256      TEXT NOT NULL CHECK (length(sha256) = 64),
+    file_id     INTEGER REFERENCES files (id),
+    -- What ingest decided: 'accepted' (queued) or 'refused' (quarantined here).
+    outcome     TEXT NOT NULL CHECK (outcome IN ('accepted','refused')),
+    -- The after-action planned for the remote copy, and whether it was done.
+    after       TEXT NOT NULL CHECK (after IN ('delete','move','keep')),
+    after_state TEXT NOT NULL CHECK (after_state IN ('pending','done','failed')),
+    after_error TEXT,
+    taken_at    TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+-- One row per remote file version: the same (path, size, mtime) is never taken twice.
+CREATE UNIQUE INDEX remote_files_identity ON remote_files (job, path, size, IFNULL(mtime, -1));
+CREATE INDEX remote_files_file ON remote_files (file_id);
+"#,
 ];
 
 /// Opens the connection, checks the file is an intact SQLite database, sets the pragmas and

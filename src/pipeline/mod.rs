@@ -7,6 +7,7 @@
 //! - [`deliver`]: per-destination workers that move queued files to their destination under a
 //!   temporary name, promote them, confirm, record; and the restart recovery that resolves
 //!   deliveries a crash left in doubt by looking at the destination.
+//! - [`pull`]: one run of a scheduled pull job (fetch, ingest, remember, after-action).
 //! - [`archive`]: what happens to the spooled copy after delivery (delete or age-encrypt), and
 //!   retention.
 //!
@@ -16,6 +17,7 @@
 pub mod archive;
 pub mod deliver;
 pub mod ingest;
+pub mod pull;
 pub mod route;
 
 use crate::config::Config;
