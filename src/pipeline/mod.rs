@@ -16,6 +16,7 @@
 pub mod archive;
 pub mod deliver;
 pub mod ingest;
+pub mod remote_dest;
 pub mod route;
 
 use crate::config::Config;
