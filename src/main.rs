@@ -41,6 +41,8 @@ enum Command {
     Ledger(cli::ledger::LedgerArgs),
     /// Archived (encrypted) copies of delivered files.
     Archive(cli::ledger::ArchiveArgs),
+    /// Partners' remote endpoints: test the connection, list folders.
+    Remote(cli::remote::RemoteArgs),
 }
 
 fn init_logging(json: bool) {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Ingest(a) => cli::serve::run_ingest(a),
         Command::Ledger(a) => cli::ledger::run(a),
         Command::Archive(a) => cli::ledger::run_archive(a),
+        Command::Remote(a) => cli::remote::run(a),
     };
     match result {
         Ok(code) => code,

@@ -5,4 +5,5 @@ mod util;
 mod config;
 mod formats;
 mod pipeline;
+mod remote;
 mod seal;

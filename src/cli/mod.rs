@@ -3,5 +3,6 @@
 pub mod check;
 pub mod inspect;
 pub mod ledger;
+pub mod remote;
 pub mod seal;
 pub mod serve;

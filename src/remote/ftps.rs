@@ -224,16 +224,17 @@ impl FtpsRemote {
                 connect_err(format!("TLS handshake failed: {detail}"))
             }
         };
-        let tcp = tokio::net::TcpStream::connect((s.host.as_str(), s.port))
-            .await
-            .map_err(|e| {
-                connect_err(format!(
-                    "{e} (check host and port, and that the server is up and lets this machine in)"
-                ))
-            })?;
-        let _ = tcp.set_nodelay(true);
+        let unreachable = |e: &dyn std::fmt::Display| {
+            connect_err(format!(
+                "{e} (check host and port, and that the server is up and lets this machine in)"
+            ))
+        };
         let mut ftp = match s.mode {
             FtpsMode::Explicit => {
+                let tcp = tokio::net::TcpStream::connect((s.host.as_str(), s.port))
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+                let _ = tcp.set_nodelay(true);
                 let plain = AsyncRustlsFtpStream::connect_with_stream(tcp)
                     .await
                     .map_err(|e| connect_err(format!("no FTP greeting: {e}")))?;
@@ -243,14 +244,27 @@ impl FtpsRemote {
                     .map_err(tls_err)?
             }
             FtpsMode::Implicit => {
-                drop(tcp);
-                AsyncRustlsFtpStream::connect_secure_implicit(
+                let mut ftp = AsyncRustlsFtpStream::connect_secure_implicit(
                     (s.host.as_str(), s.port),
                     connector,
                     &s.host,
                 )
                 .await
-                .map_err(tls_err)?
+                .map_err(|e| match e {
+                    FtpError::ConnectionError(io) => unreachable(&io),
+                    other => tls_err(other),
+                })?;
+                // suppaftp sends PBSZ/PROT only after AUTH TLS; an implicit session needs
+                // them too, or servers refuse data connections ("522 Data connections must
+                // be encrypted").
+                for cmd in ["PBSZ 0", "PROT P"] {
+                    ftp.custom_command(cmd, &[suppaftp::Status::CommandOk])
+                        .await
+                        .map_err(|e| {
+                            connect_err(format!("the server refused {cmd}: {}", reply_text(&e)))
+                        })?;
+                }
+                ftp
             }
         };
         let password =

@@ -490,3 +490,33 @@ impl RemoteSession for SftpConn {
         })
     }
 }
+
+/// A new ed25519 client key for logging in to partners' SFTP servers.
+pub struct ClientKey {
+    /// The private key in OpenSSH format (unencrypted: the daemon reads it unattended).
+    pub private_openssh: String,
+    /// The public-key line to give the partner (`ssh-ed25519 AAAA… comment`).
+    pub public_line: String,
+    /// Its SHA-256 fingerprint (`SHA256:…`), to confirm with the partner.
+    pub fingerprint: String,
+}
+
+/// Generate an ed25519 client key from the operating system's random source.
+pub fn generate_client_key(comment: &str) -> Result<ClientKey, String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("no randomness from the system: {e}"))?;
+    let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
+    seed.fill(0);
+    let mut key = russh::keys::PrivateKey::from(pair);
+    key.set_comment(comment);
+    let private_openssh = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let public = key.public_key();
+    Ok(ClientKey {
+        private_openssh,
+        public_line: public.to_openssh().map_err(|e| e.to_string())?,
+        fingerprint: public.fingerprint(HashAlg::Sha256).to_string(),
+    })
+}

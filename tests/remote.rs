@@ -1,0 +1,881 @@
+//! Remote endpoints against the real servers partners run, started here on loopback:
+//! OpenSSH `sshd` (key and password logins, pinned host key) and `vsftpd` (explicit and
+//! implicit FTPS with its default `require_ssl_reuse=YES`, a test CA made with `openssl`).
+//! Payment files with CRLF and Latin-1 bytes go out through the pipeline's delivery workers
+//! and come back with `sluss remote get`, byte-identical both ways. Servers are stopped by PID
+//! in `Drop`, also when a test fails.
+
+use crate::pipeline::{Gateway, lb_order, sealed};
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The local account the servers let sluss log in as (sshd refuses root; vsftpd uses PAM).
+const USER: &str = "slussremote";
+/// The demo customer's bankgiro number.
+const DEMO_BG: &str = "0009912346";
+
+/// The test user's password, set once per test run.
+fn password() -> &'static str {
+    static PW: OnceLock<String> = OnceLock::new();
+    PW.get_or_init(|| {
+        let mut b = [0u8; 12];
+        getrandom::fill(&mut b).unwrap();
+        let pw: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        if Command::new("id")
+            .arg(USER)
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            // Left over from an earlier run: keep it.
+        } else {
+            let st = Command::new("useradd")
+                .args(["-m", "-s", "/bin/bash", USER])
+                .status()
+                .unwrap();
+            assert!(st.success(), "useradd {USER}");
+        }
+        let mut c = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{USER}:{pw}\n").as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "chpasswd");
+        fs::create_dir_all("/run/sshd").unwrap();
+        fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755)).unwrap();
+        pw
+    })
+}
+
+/// A folder in the test user's home, owned by it, removed at drop.
+struct RemoteFolder {
+    path: PathBuf,
+}
+
+impl RemoteFolder {
+    fn new() -> RemoteFolder {
+        password();
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).unwrap();
+        let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let path = PathBuf::from(format!("/home/{USER}/t-{name}"));
+        fs::create_dir_all(path.join("in")).unwrap();
+        chown(&path);
+        RemoteFolder { path }
+    }
+    fn inbox(&self) -> PathBuf {
+        self.path.join("in")
+    }
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.inbox())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for RemoteFolder {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+fn chown(p: &Path) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{USER}:{USER}"))
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16, child: &mut Child, log: &Path) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "server exited ({st}): {}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "server not listening on {port}: {}",
+        fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// OpenSSH sshd in the foreground (`-D`) on a port of its own.
+struct Sshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Sshd {
+    fn start(authorized_key: &str) -> Sshd {
+        password();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("host_ed25519")));
+        fs::create_dir_all(d.join("auth")).unwrap();
+        fs::write(d.join("auth").join(USER), format!("{authorized_key}\n")).unwrap();
+        let mut s = Sshd {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let cfg = d.join("sshd_config");
+        fs::write(
+            &cfg,
+            format!(
+                "ListenAddress 127.0.0.1\nPort {}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}/auth/%u\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
+                 Subsystem sftp internal-sftp\nMaxStartups 100\n",
+                self.port,
+                d.join("host_ed25519").display(),
+                d.join("sshd.pid").display(),
+                d.display()
+            ),
+        )
+        .unwrap();
+        let log = d.join("sshd.log");
+        let mut child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-E")
+            .arg(&log)
+            .spawn()
+            .unwrap();
+        wait_listening(self.port, &mut child, &log);
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn host_key_line(&self) -> String {
+        fs::read_to_string(self.dir.path().join("host_ed25519.pub"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn host_fingerprint(&self) -> String {
+        let out = run(Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.dir.path().join("host_ed25519.pub")));
+        out.split_whitespace().nth(1).unwrap().to_string()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ossl = |args: &[&str]| {
+            run(Command::new("openssl").current_dir(d).args(args));
+        };
+        ossl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sluss test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        ossl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
+        )
+        .unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        Pki { dir }
+    }
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+    /// `SHA256:AB:CD:…` as `openssl x509 -fingerprint -sha256` prints it.
+    fn server_fingerprint(&self) -> String {
+        let out = run(Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(self.dir.path().join("server.pem")));
+        format!("SHA256:{}", out.trim().split('=').nth(1).unwrap())
+    }
+}
+
+/// vsftpd in the foreground, TLS required for login and data, `require_ssl_reuse` left at
+/// its default (YES).
+struct Vsftpd {
+    _dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Vsftpd {
+    fn start(pki: &Pki, implicit: bool) -> Vsftpd {
+        password();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = free_port();
+        let pasv = free_port();
+        let cfg = d.join("vsftpd.conf");
+        fs::write(
+            &cfg,
+            format!(
+                "listen=YES\nlisten_ipv6=NO\nbackground=NO\nlisten_address=127.0.0.1\nlisten_port={port}\n\
+                 pasv_enable=YES\npasv_address=127.0.0.1\npasv_min_port={pasv}\npasv_max_port={}\n\
+                 anonymous_enable=NO\nlocal_enable=YES\nwrite_enable=YES\nlocal_umask=022\n\
+                 ssl_enable=YES\nforce_local_logins_ssl=YES\nforce_local_data_ssl=YES\n\
+                 implicit_ssl={}\nrsa_cert_file={}\nrsa_private_key_file={}\n\
+                 pam_service_name=vsftpd\nsecure_chroot_dir=/var/run/vsftpd/empty\n\
+                 seccomp_sandbox=NO\nisolate=NO\nisolate_network=NO\n\
+                 xferlog_enable=YES\nvsftpd_log_file={}\nlog_ftp_protocol=YES\n",
+                pasv + 20,
+                if implicit { "YES" } else { "NO" },
+                pki.dir.path().join("server.pem").display(),
+                pki.dir.path().join("server.key").display(),
+                d.join("vsftpd.log").display(),
+            ),
+        )
+        .unwrap();
+        let log = d.join("vsftpd.log");
+        fs::write(&log, "").unwrap();
+        let mut child = Command::new("/usr/sbin/vsftpd")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(fs::File::create(d.join("stderr")).unwrap()))
+            .spawn()
+            .unwrap();
+        wait_listening(port, &mut child, &log);
+        Vsftpd {
+            _dir: dir,
+            port,
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for Vsftpd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Make the demo bank deliver to `endpoint` (an inline TOML table) with fast retries.
+fn bank_endpoint(g: &Gateway, endpoint: &str, attempts: u32) {
+    let bank = g.path().join("jobs.d/demo-bank.toml");
+    fs::write(
+        &bank,
+        format!(
+            "[partner]\nid = \"demo-bank\"\nname = \"Demo Bank (remote)\"\nrole = \"bank\"\n\n\
+             [delivery]\nendpoint = {endpoint}\nattempts = {attempts}\n\n[archive]\nmode = \"delete\"\n"
+        ),
+    )
+    .unwrap();
+    let main_cfg = g.path().join("sluss.toml");
+    let text = fs::read_to_string(&main_cfg)
+        .unwrap()
+        .replace("retry_initial_seconds = 30", "retry_initial_seconds = 1")
+        .replace("retry_max_seconds = 3600", "retry_max_seconds = 1");
+    fs::write(&main_cfg, text).unwrap();
+}
+
+fn secret(g: &Gateway, name: &str, text: &str) -> String {
+    let p = g.path().join("keys").join(name);
+    fs::write(&p, text).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    format!("keys/{name}")
+}
+
+/// `sluss keygen client` into the gateway's keys/; returns (config path, public line).
+fn client_key(g: &Gateway) -> (String, String) {
+    let out = run(util_sluss()
+        .args(["keygen", "client", "-o"])
+        .arg(g.path().join("keys/bank.id_ed25519"))
+        .args(["--comment", "sluss-test"]));
+    let line = fs::read_to_string(g.path().join("keys/bank.id_ed25519.pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(out.contains(&line), "{out}");
+    assert!(out.contains("SHA256:"), "{out}");
+    let mode = fs::metadata(g.path().join("keys/bank.id_ed25519"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    ("keys/bank.id_ed25519".into(), line)
+}
+
+fn util_sluss() -> Command {
+    let mut c = crate::util::sluss();
+    c.env("SLUSS_LOG", "warn");
+    c
+}
+
+fn ingest_order(g: &Gateway, seed: u64) -> (i64, Vec<u8>) {
+    let src = tempfile::tempdir().unwrap();
+    let bytes = sealed(&lb_order(DEMO_BG, 2, seed), "261129");
+    assert!(bytes.windows(2).any(|w| w == b"\r\n") && bytes.contains(&0xd6));
+    let f = src.path().join(format!("order{seed}.txt"));
+    fs::write(&f, &bytes).unwrap();
+    let (code, out) = g.ingest("demo", &[&f]);
+    assert_eq!(code, 0, "{out}");
+    let i = out.find("id ").expect("an id") + 3;
+    let id = out[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    (id, bytes)
+}
+
+/// `sluss remote <args> --config G` → (exit code, stdout + stderr).
+fn remote(g: &Gateway, args: &[&str]) -> (i32, String) {
+    let out = g.cmd(&[&["remote"], args].concat()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn sftp_push_with_rename_arrives_byte_identical_and_comes_back() {
+    let mut g = Gateway::new();
+    let (key, line) = client_key(&g);
+    let sshd = Sshd::start(&line);
+    let folder = RemoteFolder::new();
+    bank_endpoint(
+        &g,
+        &format!(
+            "{{ type = \"sftp\", host = \"127.0.0.1\", port = {}, user = \"{USER}\", host_key = \"{}\", key_file = \"{key}\", dir = \"{}\" }}",
+            sshd.port,
+            sshd.host_key_line(),
+            folder.inbox().display()
+        ),
+        3,
+    );
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("host key matches the pin") && out.contains("ok"),
+        "{out}"
+    );
+
+    let (id, bytes) = ingest_order(&g, 1);
+    g.start();
+    assert!(
+        g.wait_for(Duration::from_secs(30), || g.state_of(id) == "delivered"),
+        "{}",
+        g.diag()
+    );
+    g.stop();
+    let names = folder.files();
+    assert_eq!(names.len(), 1, "one file, no temporary left: {names:?}");
+    assert!(!names[0].starts_with('.'), "{names:?}");
+    assert_eq!(
+        fs::read(folder.inbox().join(&names[0])).unwrap(),
+        bytes,
+        "put is byte-identical"
+    );
+
+    // And back: get is byte-identical too.
+    let back = g.path().join("back.dat");
+    let remote_path = format!("{}/{}", folder.inbox().display(), names[0]);
+    let (code, out) = remote(
+        &g,
+        &[
+            "get",
+            "demo-bank",
+            &remote_path,
+            "-o",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(fs::read(&back).unwrap(), bytes, "get is byte-identical");
+    let (code, out) = remote(&g, &["ls", "demo-bank"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&names[0]), "{out}");
+}
+
+#[test]
+fn sftp_changed_host_key_is_refused_with_both_fingerprints() {
+    let g = Gateway::new();
+    let (key, line) = client_key(&g);
+    let sshd = Sshd::start(&line);
+    let folder = RemoteFolder::new();
+    // The pin is another server's key: what a man in the middle (or a reinstall) looks like.
+    let other = tempfile::tempdir().unwrap();
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(other.path().join("k")));
+    let pinned = run(Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(other.path().join("k.pub")));
+    let pinned = pinned.split_whitespace().nth(1).unwrap().to_string();
+    bank_endpoint(
+        &g,
+        &format!(
+            "{{ type = \"sftp\", host = \"127.0.0.1\", port = {}, user = \"{USER}\", host_key = \"{pinned}\", key_file = \"{key}\", dir = \"{}\" }}",
+            sshd.port,
+            folder.inbox().display()
+        ),
+        3,
+    );
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED"), "{out}");
+    assert!(out.contains(&pinned), "expected fingerprint shown: {out}");
+    assert!(
+        out.contains(&sshd.host_fingerprint()),
+        "presented fingerprint shown: {out}"
+    );
+    assert!(out.contains("refusing to connect"), "{out}");
+}
+
+#[test]
+fn sftp_password_login_and_wrong_password() {
+    let g = Gateway::new();
+    let sshd = Sshd::start("# no keys");
+    let folder = RemoteFolder::new();
+    fs::write(folder.inbox().join("hello.txt"), b"hi\r\n\xe5\n").unwrap();
+    chown(&folder.path);
+    let endpoint = |pwfile: &str| {
+        format!(
+            "{{ type = \"sftp\", host = \"127.0.0.1\", port = {}, user = \"{USER}\", host_key = \"{}\", password_file = \"{pwfile}\", dir = \"{}\" }}",
+            sshd.port,
+            sshd.host_fingerprint(),
+            folder.inbox().display()
+        )
+    };
+    let good = secret(&g, "bank.pw", &format!("{}\n", password()));
+    bank_endpoint(&g, &endpoint(&good), 3);
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("hello.txt"),
+        "the listing shows the file: {out}"
+    );
+
+    let bad = secret(&g, "bank-wrong.pw", "not-the-password\n");
+    bank_endpoint(&g, &endpoint(&bad), 3);
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("login refused for user"), "{out}");
+    assert!(
+        out.contains("bank-wrong.pw"),
+        "names the password file: {out}"
+    );
+    assert!(
+        !out.contains("not-the-password"),
+        "never shows the secret: {out}"
+    );
+}
+
+#[test]
+fn server_down_retries_then_dead_letter_then_recovers() {
+    let mut g = Gateway::new();
+    let (key, line) = client_key(&g);
+    let mut sshd = Sshd::start(&line);
+    let folder = RemoteFolder::new();
+    bank_endpoint(
+        &g,
+        &format!(
+            "{{ type = \"sftp\", host = \"127.0.0.1\", port = {}, user = \"{USER}\", host_key = \"{}\", key_file = \"{key}\", dir = \"{}\", connect_timeout_seconds = 5 }}",
+            sshd.port,
+            sshd.host_fingerprint(),
+            folder.inbox().display()
+        ),
+        2,
+    );
+    sshd.stop();
+    let (id, bytes) = ingest_order(&g, 2);
+    g.start();
+    assert!(
+        g.wait_for(Duration::from_secs(60), || g.state_of(id) == "held"),
+        "{}",
+        g.diag()
+    );
+    let log = fs::read_to_string(g.path().join("serve.log")).unwrap();
+    assert!(log.contains("delivery.retry"), "{log}");
+    assert!(log.contains("alert.dead-letter"), "{log}");
+    assert!(
+        log.contains("cannot connect to sftp://"),
+        "the error names the endpoint: {log}"
+    );
+    assert!(folder.files().is_empty());
+
+    // The server is back; an operator retries; it is delivered once.
+    sshd.spawn();
+    let out = g
+        .cmd(&[
+            "ledger",
+            "retry",
+            &id.to_string(),
+            "--reason",
+            "bank server back",
+            "--operator",
+            "carol",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        g.wait_for(Duration::from_secs(30), || g.state_of(id) == "delivered"),
+        "{}",
+        g.diag()
+    );
+    g.stop();
+    let names = folder.files();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(fs::read(folder.inbox().join(&names[0])).unwrap(), bytes);
+}
+
+fn ftps_endpoint(
+    v: &Vsftpd,
+    pw: &str,
+    trust: &str,
+    implicit: bool,
+    folder: &RemoteFolder,
+) -> String {
+    format!(
+        "{{ type = \"ftps\", host = \"127.0.0.1\", port = {}, mode = \"{}\", user = \"{USER}\", password_file = \"{pw}\", {trust}, dir = \"{}\" }}",
+        v.port,
+        if implicit { "implicit" } else { "explicit" },
+        folder.inbox().display()
+    )
+}
+
+#[test]
+fn ftps_explicit_push_with_session_reuse_is_byte_identical_both_ways() {
+    let mut g = Gateway::new();
+    let pki = Pki::new();
+    let v = Vsftpd::start(&pki, false);
+    let folder = RemoteFolder::new();
+    let pw = secret(&g, "bank.ftp-password", &format!("{}\n", password()));
+    let ca = pki.ca();
+    bank_endpoint(
+        &g,
+        &ftps_endpoint(
+            &v,
+            &pw,
+            &format!("ca_file = \"{}\"", ca.display()),
+            false,
+            &folder,
+        ),
+        3,
+    );
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("binary mode"), "{out}");
+
+    // Several files: every upload opens a data connection that must resume the session.
+    let mut sent = Vec::new();
+    for seed in 10..16 {
+        sent.push(ingest_order(&g, seed));
+    }
+    g.start();
+    for (id, _) in &sent {
+        assert!(
+            g.wait_for(Duration::from_secs(30), || g.state_of(*id) == "delivered"),
+            "{}",
+            g.diag()
+        );
+    }
+    g.stop();
+    let names = folder.files();
+    assert_eq!(names.len(), 6, "no temporary files left: {names:?}");
+    let mut got: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| fs::read(folder.inbox().join(n)).unwrap())
+        .collect();
+    let mut want: Vec<Vec<u8>> = sent.iter().map(|(_, b)| b.clone()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "put is byte-identical (binary mode, CRLF and Latin-1 kept)"
+    );
+
+    let back = g.path().join("back");
+    let (code, out) = remote(
+        &g,
+        &[
+            "get",
+            "demo-bank",
+            &folder.inbox().display().to_string(),
+            "-r",
+            "-o",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    for n in &names {
+        assert_eq!(
+            fs::read(back.join(n)).unwrap(),
+            fs::read(folder.inbox().join(n)).unwrap(),
+            "get is byte-identical"
+        );
+    }
+}
+
+#[test]
+fn ftps_implicit_with_pinned_certificate() {
+    let g = Gateway::new();
+    let pki = Pki::new();
+    let v = Vsftpd::start(&pki, true);
+    let folder = RemoteFolder::new();
+    let payload = b"line one\r\nline two \xc5\xc4\xd6\n\r\n".to_vec();
+    fs::write(folder.inbox().join("f.txt"), &payload).unwrap();
+    chown(&folder.path);
+    let pw = secret(&g, "bank.ftp-password", &format!("{}\n", password()));
+    bank_endpoint(
+        &g,
+        &ftps_endpoint(
+            &v,
+            &pw,
+            &format!("cert_fingerprint = \"{}\"", pki.server_fingerprint()),
+            true,
+            &folder,
+        ),
+        3,
+    );
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("f.txt"), "{out}");
+    let back = g.path().join("f.back");
+    let (code, out) = remote(
+        &g,
+        &[
+            "get",
+            "demo-bank",
+            &format!("{}/f.txt", folder.inbox().display()),
+            "-o",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(fs::read(&back).unwrap(), payload);
+}
+
+#[test]
+fn ftps_untrusted_certificate_and_wrong_pin_are_refused() {
+    let g = Gateway::new();
+    let pki = Pki::new();
+    let other = Pki::new();
+    let v = Vsftpd::start(&pki, false);
+    let folder = RemoteFolder::new();
+    let pw = secret(&g, "bank.ftp-password", &format!("{}\n", password()));
+    // A CA that did not sign the server's certificate.
+    bank_endpoint(
+        &g,
+        &ftps_endpoint(
+            &v,
+            &pw,
+            &format!("ca_file = \"{}\"", other.ca().display()),
+            false,
+            &folder,
+        ),
+        3,
+    );
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("certificate is not trusted"), "{out}");
+    // A pin of another certificate.
+    bank_endpoint(
+        &g,
+        &ftps_endpoint(
+            &v,
+            &pw,
+            &format!("cert_fingerprint = \"{}\"", other.server_fingerprint()),
+            false,
+            &folder,
+        ),
+        3,
+    );
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refusing to connect"), "{out}");
+    assert!(
+        out.contains(pki.server_fingerprint().trim_start_matches("SHA256:")),
+        "presented: {out}"
+    );
+    // Wrong password, right certificate.
+    let bad = secret(&g, "bank-wrong.pw", "wrong\n");
+    bank_endpoint(
+        &g,
+        &ftps_endpoint(
+            &v,
+            &bad,
+            &format!("ca_file = \"{}\"", pki.ca().display()),
+            false,
+            &folder,
+        ),
+        3,
+    );
+    let (code, out) = remote(&g, &["test", "demo-bank"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("login refused"), "{out}");
+}
+
+#[test]
+fn remote_endpoint_config_errors_name_field_and_fix() {
+    let g = Gateway::new();
+    let loose = g.path().join("keys/loose.pw");
+    fs::write(&loose, "pw\n").unwrap();
+    fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).unwrap();
+    bank_endpoint(
+        &g,
+        "{ type = \"sftp\", host = \"127.0.0.1\", user = \"u\", host_key = \"SHA256:nope\", password_file = \"keys/loose.pw\" }",
+        3,
+    );
+    let out = g.cmd(&["check"]).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("delivery.endpoint.host_key"), "{text}");
+    assert!(
+        text.contains("delivery.endpoint.password_file") && text.contains("chmod 600"),
+        "{text}"
+    );
+    bank_endpoint(
+        &g,
+        "{ type = \"ftps\", host = \"127.0.0.1\", user = \"u\", password_file = \"keys/none.pw\", hots = 1 }",
+        3,
+    );
+    let out = g.cmd(&["check"]).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("delivery.endpoint.hots") && text.contains("unknown field"),
+        "{text}"
+    );
+    bank_endpoint(
+        &g,
+        "{ type = \"ftps\", host = \"127.0.0.1\", user = \"u\", password_file = \"keys/none.pw\" }",
+        3,
+    );
+    let out = g.cmd(&["check"]).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(
+        text.contains("never accepts an unverified certificate"),
+        "{text}"
+    );
+}
