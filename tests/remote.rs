@@ -205,6 +205,39 @@ impl Sshd {
         }
     }
 
+    /// Stop the listener and the per-session processes it forked (they outlive it).
+    fn stop_with_sessions(&mut self) {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return;
+        };
+        let mut pids = Vec::new();
+        let mut parents = vec![pid];
+        while let Some(parent) = parents.pop() {
+            for e in fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+                    continue;
+                };
+                // pid (comm) state ppid …; comm may hold spaces, so split after ')'.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(parent)
+                    && let Ok(child) = e.file_name().to_string_lossy().parse::<u32>()
+                {
+                    pids.push(child);
+                    parents.push(child);
+                }
+            }
+        }
+        self.stop();
+        for p in pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &p.to_string()])
+                .status();
+        }
+    }
+
     fn host_key_line(&self) -> String {
         fs::read_to_string(self.dir.path().join("host_ed25519.pub"))
             .unwrap()
@@ -878,4 +911,111 @@ fn remote_endpoint_config_errors_name_field_and_fix() {
         text.contains("never accepts an unverified certificate"),
         "{text}"
     );
+}
+
+/// The pipeline's destination protocol straight against a server: temporary name, promote
+/// that never replaces, truthful size and SHA-256, removal; then the same after the server
+/// restarted under the open session (one failure, then a fresh session).
+fn destination_protocol(
+    spec: sluss::config::Endpoint,
+    folder: &RemoteFolder,
+    restart: impl FnOnce(),
+) {
+    use sluss::pipeline::deliver::Destination;
+    let direct = sluss::remote::remote_dir(&spec).unwrap().1 == sluss::config::UploadMode::Direct;
+    let dest = sluss::pipeline::remote_dest::RemoteDir::new(&spec).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let bytes = sealed(&lb_order(DEMO_BG, 3, 77), "261129");
+    let f = src.path().join("x");
+    fs::write(&f, &bytes).unwrap();
+    let want_hash = sluss::spool::sha256_file(&f).unwrap();
+
+    assert_eq!(dest.size_of("a.dat").unwrap(), None);
+    assert_eq!(
+        dest.put_temp(".a.dat.sluss-tmp", &f).unwrap(),
+        bytes.len() as u64
+    );
+    dest.sync().unwrap();
+    // A direct upload writes nothing before promotion.
+    let staged_size = (!direct).then_some(bytes.len() as u64);
+    assert_eq!(dest.size_of(".a.dat.sluss-tmp").unwrap(), staged_size);
+    dest.promote(".a.dat.sluss-tmp", "a.dat").unwrap();
+    assert_eq!(dest.size_of("a.dat").unwrap(), Some(bytes.len() as u64));
+    assert_eq!(dest.size_of(".a.dat.sluss-tmp").unwrap(), None);
+    assert_eq!(dest.sha256_of("a.dat").unwrap(), Some(want_hash.clone()));
+    assert_eq!(dest.sha256_of("absent.dat").unwrap(), None);
+    assert_eq!(fs::read(folder.inbox().join("a.dat")).unwrap(), bytes);
+
+    // A second file promoted to the same final name is refused; the first stays intact.
+    let g = src.path().join("y");
+    fs::write(&g, b"other bytes\n").unwrap();
+    dest.put_temp(".b.sluss-tmp", &g).unwrap();
+    let e = dest
+        .promote(".b.sluss-tmp", "a.dat")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(fs::read(folder.inbox().join("a.dat")).unwrap(), bytes);
+    dest.remove(".b.sluss-tmp").unwrap();
+    dest.remove(".b.sluss-tmp").unwrap(); // absent: fine
+    assert_eq!(folder.files(), vec!["a.dat".to_string()]);
+
+    // The server goes away under the open session and comes back.
+    restart();
+    let first = dest.size_of("a.dat");
+    let second = dest.size_of("a.dat").unwrap();
+    assert!(first.is_err() || first.as_ref().unwrap() == &Some(bytes.len() as u64));
+    assert_eq!(second, Some(bytes.len() as u64), "reconnected");
+}
+
+#[test]
+fn sftp_destination_protocol_and_reconnect() {
+    let g = Gateway::new();
+    let (key, line) = client_key(&g);
+    let mut sshd = Sshd::start(&line);
+    let folder = RemoteFolder::new();
+    let spec = sluss::config::Endpoint::Sftp(sluss::config::SftpEndpoint {
+        host: "127.0.0.1".into(),
+        port: sshd.port,
+        user: USER.into(),
+        host_key_fingerprint: sshd.host_fingerprint(),
+        auth: sluss::config::SftpAuth::KeyFile(g.path().join(key)),
+        dir: folder.inbox().display().to_string(),
+        upload: sluss::config::UploadMode::Rename,
+        connect_timeout: Duration::from_secs(10),
+        io_timeout: Duration::from_secs(10),
+    });
+    destination_protocol(spec, &folder, || {
+        sshd.stop_with_sessions();
+        sshd.spawn();
+    });
+}
+
+#[test]
+fn ftps_destination_protocol_direct_upload() {
+    let g = Gateway::new();
+    let pki = Pki::new();
+    let v = Vsftpd::start(&pki, false);
+    let folder = RemoteFolder::new();
+    let pw = secret(&g, "bank.ftp-password", &format!("{}\n", password()));
+    for upload in [
+        sluss::config::UploadMode::Rename,
+        sluss::config::UploadMode::Direct,
+    ] {
+        let spec = sluss::config::Endpoint::Ftps(sluss::config::FtpsEndpoint {
+            host: "127.0.0.1".into(),
+            port: v.port,
+            mode: sluss::config::FtpsMode::Explicit,
+            user: USER.into(),
+            password_file: g.path().join(&pw),
+            trust: sluss::config::FtpsTrust::CaFile(pki.ca()),
+            passive: sluss::config::PassiveMode::Epsv,
+            dir: folder.inbox().display().to_string(),
+            upload,
+            connect_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(10),
+        });
+        destination_protocol(spec, &folder, || {});
+        fs::remove_file(folder.inbox().join("a.dat")).unwrap();
+    }
 }
