@@ -960,6 +960,21 @@ fn destination_protocol(
     dest.remove(".b.sluss-tmp").unwrap(); // absent: fine
     assert_eq!(folder.files(), vec!["a.dat".to_string()]);
 
+    // A file of many requests each way (pipelined writes and reads, a short last chunk).
+    let mut big = vec![0u8; 5 * 1024 * 1024 + 123];
+    getrandom::fill(&mut big).unwrap();
+    let bf = src.path().join("big");
+    fs::write(&bf, &big).unwrap();
+    dest.put_temp(".big.sluss-tmp", &bf).unwrap();
+    dest.promote(".big.sluss-tmp", "big.dat").unwrap();
+    assert_eq!(dest.size_of("big.dat").unwrap(), Some(big.len() as u64));
+    assert_eq!(
+        dest.sha256_of("big.dat").unwrap(),
+        Some(sluss::spool::sha256_file(&bf).unwrap())
+    );
+    assert_eq!(fs::read(folder.inbox().join("big.dat")).unwrap(), big);
+    dest.remove("big.dat").unwrap();
+
     // The server goes away under the open session and comes back.
     restart();
     let first = dest.size_of("a.dat");

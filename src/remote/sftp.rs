@@ -11,26 +11,29 @@ use super::{BoxFut, RemoteEndpoint, RemoteEntry, RemoteError, RemoteSession};
 use crate::config::{SftpAuth, SftpEndpoint};
 use russh::client;
 use russh::keys::{HashAlg, PublicKeyOrCertificate};
-use russh_sftp::client::SftpSession;
-use russh_sftp::protocol::{OpenFlags, StatusCode};
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
 
 /// SSH channel window: large enough that the window never throttles a transfer on a fast
 /// link (bandwidth × delay of 1 Gbit/s × 100 ms is 12.5 MB).
 const SSH_WINDOW: u32 = 16 * 1024 * 1024;
 /// The largest packet russh's client accepts to announce.
 const SSH_MAX_PACKET: u32 = 65535;
-/// Outstanding READ / WRITE requests per transfer: OpenSSH's `sftp` uses 64.
+/// Outstanding READ / WRITE requests per transfer: OpenSSH's `sftp` uses 64. Reads start
+/// with one request and double the window with every full reply, so a small file costs no
+/// requests past its end and a large one reaches the full window within a few replies.
 const SFTP_IN_FLIGHT: usize = 64;
-/// Largest SFTP packet; requests are sized to what the server announces (limits@openssh.com).
+/// Largest SFTP packet we accept: a full READ reply of `SFTP_CHUNK` plus headers.
 const SFTP_MAX_PACKET: u32 = 256 * 1024;
-/// Bytes per WRITE: OpenSSH's server takes up to 256 KiB minus headers.
-const SFTP_WRITE_CHUNK: u32 = 255 * 1024;
-/// Local read buffer for uploads / write buffer for downloads.
-const LOCAL_BUF: usize = 1024 * 1024;
+/// Bytes per READ / WRITE request, lowered to what the server announces
+/// (limits@openssh.com); OpenSSH's server takes 255 KiB.
+const SFTP_CHUNK: u32 = 255 * 1024;
 
 /// An SFTP server as configured for a partner.
 pub struct SftpRemote {
@@ -204,17 +207,36 @@ impl SftpRemote {
             .map_err(|e| connect_err(format!("the server refused the sftp subsystem: {e}")))?;
         let cfg = russh_sftp::client::Config {
             max_packet_len: SFTP_MAX_PACKET,
-            max_concurrent_reads: SFTP_IN_FLIGHT,
-            max_concurrent_writes: SFTP_IN_FLIGHT,
-            max_write_packet_len: SFTP_WRITE_CHUNK,
             request_timeout_secs: s.io_timeout.as_secs().max(1),
+            ..Default::default()
         };
-        let sftp = SftpSession::new_with_config(channel.into_stream(), cfg)
+        let mut raw = RawSftpSession::new_with_config(channel.into_stream(), cfg);
+        raw.set_timeout(s.io_timeout.as_secs().max(1));
+        let version = raw
+            .init()
             .await
             .map_err(|e| connect_err(format!("SFTP did not start: {e}")))?;
+        let has = |ext: &str| version.extensions.get(ext).is_some_and(|v| v == "1");
+        let mut read_chunk = SFTP_CHUNK;
+        let mut write_chunk = SFTP_CHUNK;
+        if has(russh_sftp::extensions::LIMITS)
+            && let Ok(l) = raw.limits().await
+        {
+            let limits = russh_sftp::client::rawsession::Limits::from(l);
+            if let Some(r) = limits.read_len {
+                read_chunk = read_chunk.min(r.min(u64::from(u32::MAX)) as u32);
+            }
+            if let Some(w) = limits.write_len {
+                write_chunk = write_chunk.min(w.min(u64::from(u32::MAX)) as u32);
+            }
+            raw.set_limits(limits);
+        }
         Ok(Box::new(SftpConn {
             name,
-            sftp,
+            raw: Arc::new(raw),
+            fsync: has(russh_sftp::extensions::FSYNC),
+            read_chunk: read_chunk.max(1),
+            write_chunk: write_chunk.max(1),
             handle,
             io_timeout: s.io_timeout,
         }))
@@ -234,38 +256,54 @@ pub(crate) fn read_password(path: &std::path::Path) -> Result<String, String> {
 
 struct SftpConn {
     name: String,
-    sftp: SftpSession,
+    raw: Arc<RawSftpSession>,
+    /// The server offers fsync@openssh.com: uploads are fsynced before they count.
+    fsync: bool,
+    read_chunk: u32,
+    write_chunk: u32,
     handle: client::Handle<Pinned>,
     io_timeout: Duration,
 }
 
+fn is_eof(e: &SftpError) -> bool {
+    matches!(e, SftpError::Status(st) if st.status_code == StatusCode::Eof)
+}
+
+/// Fill `buf` from `r` as far as it goes; fewer bytes only at the end of the file.
+fn read_full(r: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 impl SftpConn {
-    fn err(
-        &self,
-        op: &'static str,
-        path: &str,
-        e: russh_sftp::client::error::Error,
-    ) -> RemoteError {
-        use russh_sftp::client::error::Error as E;
+    fn err(&self, op: &'static str, path: &str, e: SftpError) -> RemoteError {
         match e {
-            E::Status(st) if st.status_code == StatusCode::NoSuchFile => RemoteError::NotFound {
-                endpoint: self.name.clone(),
-                path: path.to_string(),
-            },
-            E::Status(st) if st.status_code == StatusCode::PermissionDenied => RemoteError::Op {
-                endpoint: self.name.clone(),
-                op,
-                path: path.to_string(),
-                detail: format!(
-                    "permission denied ({}); ask the partner to give user access to this folder",
-                    st.error_message
-                ),
-            },
-            E::Timeout => RemoteError::Timeout {
-                endpoint: self.name.clone(),
-                seconds: self.io_timeout.as_secs(),
-                during: format!("{op} {path}"),
-            },
+            SftpError::Status(st) if st.status_code == StatusCode::NoSuchFile => {
+                RemoteError::NotFound {
+                    endpoint: self.name.clone(),
+                    path: path.to_string(),
+                }
+            }
+            SftpError::Status(st) if st.status_code == StatusCode::PermissionDenied => {
+                RemoteError::Op {
+                    endpoint: self.name.clone(),
+                    op,
+                    path: path.to_string(),
+                    detail: format!(
+                        "permission denied ({}); ask the partner to give the user access to this folder",
+                        st.error_message
+                    ),
+                }
+            }
+            SftpError::Timeout => self.timeout(format!("{op} {path}")),
             other => RemoteError::Op {
                 endpoint: self.name.clone(),
                 op,
@@ -275,43 +313,159 @@ impl SftpConn {
         }
     }
 
-    fn io_err(&self, op: &'static str, path: &str, e: std::io::Error) -> RemoteError {
-        // russh-sftp reports request failures through io::Error on the File: recover the
-        // status where it is there.
-        let msg = e.to_string();
-        if e.kind() == std::io::ErrorKind::TimedOut || msg == "Timeout" {
-            return RemoteError::Timeout {
-                endpoint: self.name.clone(),
-                seconds: self.io_timeout.as_secs(),
-                during: format!("{op} {path}"),
-            };
-        }
-        RemoteError::Op {
+    fn timeout(&self, during: String) -> RemoteError {
+        RemoteError::Timeout {
             endpoint: self.name.clone(),
-            op,
-            path: path.to_string(),
-            detail: msg,
+            seconds: self.io_timeout.as_secs(),
+            during,
         }
     }
 
-    /// One operation under the I/O timeout.
+    /// One request under the I/O timeout.
     async fn timed<T>(
         &self,
-        during: &str,
-        f: impl std::future::Future<Output = Result<T, RemoteError>>,
+        op: &'static str,
+        path: &str,
+        f: impl std::future::Future<Output = Result<T, SftpError>>,
     ) -> Result<T, RemoteError> {
         match tokio::time::timeout(self.io_timeout, f).await {
-            Ok(r) => r,
-            Err(_) => Err(RemoteError::Timeout {
+            Ok(r) => r.map_err(|e| self.err(op, path, e)),
+            Err(_) => Err(self.timeout(format!("{op} {path}"))),
+        }
+    }
+
+    async fn close_handle(&self, h: &str, path: &str) -> Result<(), RemoteError> {
+        self.timed("close", path, self.raw.close(h))
+            .await
+            .map(|_| ())
+    }
+
+    /// Pipelined download of an open handle into `to`, in order.
+    async fn download(
+        &self,
+        h: &str,
+        path: &str,
+        to: &mut std::fs::File,
+    ) -> Result<u64, RemoteError> {
+        type Reply = (u64, u32, Result<Vec<u8>, SftpError>);
+        let mut set: JoinSet<Reply> = JoinSet::new();
+        let spawn = |set: &mut JoinSet<Reply>, off: u64, len: u32| {
+            let raw = self.raw.clone();
+            let h = h.to_string();
+            set.spawn(async move { (off, len, raw.read(h, off, len).await.map(|d| d.data)) });
+        };
+        let mut chunk = self.read_chunk;
+        let mut window = 1usize;
+        let mut next = 0u64; // next offset to ask for
+        let mut written = 0u64; // bytes written to `to`, contiguous from 0
+        let mut eof: Option<u64> = None;
+        let mut early: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        loop {
+            while eof.is_none() && set.len() < window {
+                spawn(&mut set, next, chunk);
+                next += u64::from(chunk);
+            }
+            let Some(joined) = (match tokio::time::timeout(self.io_timeout, set.join_next()).await {
+                Ok(j) => j,
+                Err(_) => return Err(self.timeout(format!("reading {path} at byte {written}"))),
+            }) else {
+                break;
+            };
+            let (off, len, res) = joined.map_err(|e| RemoteError::Op {
                 endpoint: self.name.clone(),
-                seconds: self.io_timeout.as_secs(),
-                during: during.to_string(),
+                op: "read",
+                path: path.to_string(),
+                detail: format!("read task failed: {e}"),
+            })?;
+            match res {
+                Ok(data) if data.is_empty() => eof = Some(eof.map_or(off, |e| e.min(off))),
+                Ok(data) => {
+                    let n = data.len() as u32;
+                    if n < len {
+                        // A short reply: the end of the file, or the server's own limit.
+                        // Ask for the rest of the range; if the limit it is, use it.
+                        chunk = chunk.min(n.max(1));
+                        if eof.is_none_or(|e| off + u64::from(n) < e) {
+                            spawn(&mut set, off + u64::from(n), len - n);
+                        }
+                    } else {
+                        window = (window * 2).min(SFTP_IN_FLIGHT);
+                    }
+                    early.insert(off, data);
+                }
+                Err(e) if is_eof(&e) => eof = Some(eof.map_or(off, |x| x.min(off))),
+                Err(e) => return Err(self.err("read", path, e)),
+            }
+            while let Some(d) = early.remove(&written) {
+                to.write_all(&d)?;
+                written += d.len() as u64;
+            }
+        }
+        if !early.is_empty() || eof.is_some_and(|e| e != written) {
+            return Err(RemoteError::Op {
+                endpoint: self.name.clone(),
+                op: "read",
+                path: path.to_string(),
+                detail: format!(
+                    "the server's replies left a gap after byte {written}; the file may be changing while it is read"
+                ),
+            });
+        }
+        Ok(written)
+    }
+
+    /// Pipelined upload from `from` into an open handle.
+    async fn upload(
+        &self,
+        h: &str,
+        path: &str,
+        from: &mut std::fs::File,
+    ) -> Result<u64, RemoteError> {
+        let mut set: JoinSet<Result<(), SftpError>> = JoinSet::new();
+        let mut off = 0u64;
+        loop {
+            let mut buf = vec![0u8; self.write_chunk as usize];
+            let n = read_full(from, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            let raw = self.raw.clone();
+            let hh = h.to_string();
+            let at = off;
+            set.spawn(async move { raw.write(hh, at, buf).await.map(|_| ()) });
+            off += n as u64;
+            while set.len() >= SFTP_IN_FLIGHT {
+                self.join_write(&mut set, path, off).await?;
+            }
+        }
+        while !set.is_empty() {
+            self.join_write(&mut set, path, off).await?;
+        }
+        Ok(off)
+    }
+
+    async fn join_write(
+        &self,
+        set: &mut JoinSet<Result<(), SftpError>>,
+        path: &str,
+        off: u64,
+    ) -> Result<(), RemoteError> {
+        match tokio::time::timeout(self.io_timeout, set.join_next()).await {
+            Err(_) => Err(self.timeout(format!("writing {path} near byte {off}"))),
+            Ok(None) => Ok(()),
+            Ok(Some(Err(e))) => Err(RemoteError::Op {
+                endpoint: self.name.clone(),
+                op: "write",
+                path: path.to_string(),
+                detail: format!("write task failed: {e}"),
             }),
+            Ok(Some(Ok(r))) => r.map_err(|e| self.err("write", path, e)),
         }
     }
 }
 
-fn entry_of(name: String, m: &russh_sftp::protocol::FileAttributes) -> RemoteEntry {
+fn entry_of(name: String, m: &FileAttributes) -> RemoteEntry {
     RemoteEntry {
         name,
         size: m.size.unwrap_or(0),
@@ -323,18 +477,23 @@ fn entry_of(name: String, m: &russh_sftp::protocol::FileAttributes) -> RemoteEnt
 impl RemoteSession for SftpConn {
     fn list<'a>(&'a mut self, dir: &'a str) -> BoxFut<'a, Vec<RemoteEntry>> {
         Box::pin(async move {
-            let rd = self
-                .timed(&format!("listing {dir}"), async {
-                    self.sftp
-                        .read_dir(dir)
-                        .await
-                        .map_err(|e| self.err("list", dir, e))
-                })
-                .await?;
-            let mut out: Vec<RemoteEntry> = rd
-                .filter(|e| e.file_name() != "." && e.file_name() != "..")
-                .map(|e| entry_of(e.file_name(), &e.metadata()))
-                .collect();
+            let h = self.timed("list", dir, self.raw.opendir(dir)).await?.handle;
+            let mut out = Vec::new();
+            let result = loop {
+                match tokio::time::timeout(self.io_timeout, self.raw.readdir(h.as_str())).await {
+                    Ok(Ok(name)) => out.extend(
+                        name.files
+                            .into_iter()
+                            .filter(|f| f.filename != "." && f.filename != "..")
+                            .map(|f| entry_of(f.filename, &f.attrs)),
+                    ),
+                    Ok(Err(e)) if is_eof(&e) => break Ok(()),
+                    Ok(Err(e)) => break Err(self.err("list", dir, e)),
+                    Err(_) => break Err(self.timeout(format!("listing {dir}"))),
+                }
+            };
+            let _ = self.close_handle(&h, dir).await;
+            result?;
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
         })
@@ -342,18 +501,10 @@ impl RemoteSession for SftpConn {
 
     fn stat<'a>(&'a mut self, path: &'a str) -> BoxFut<'a, Option<RemoteEntry>> {
         Box::pin(async move {
-            let r = self
-                .timed(&format!("stat {path}"), async {
-                    self.sftp
-                        .metadata(path)
-                        .await
-                        .map_err(|e| self.err("stat", path, e))
-                })
-                .await;
-            match r {
-                Ok(m) => Ok(Some(entry_of(
+            match self.timed("stat", path, self.raw.stat(path)).await {
+                Ok(a) => Ok(Some(entry_of(
                     path.rsplit('/').next().unwrap_or(path).to_string(),
-                    &m,
+                    &a.attrs,
                 ))),
                 Err(RemoteError::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
@@ -363,42 +514,19 @@ impl RemoteSession for SftpConn {
 
     fn get<'a>(&'a mut self, path: &'a str, to: &'a mut std::fs::File) -> BoxFut<'a, u64> {
         Box::pin(async move {
-            let mut f = self
-                .timed(&format!("opening {path}"), async {
-                    self.sftp
-                        .open(path)
-                        .await
-                        .map_err(|e| self.err("open", path, e))
-                })
-                .await?;
-            let mut buf = vec![0u8; LOCAL_BUF];
-            let mut n = 0u64;
-            loop {
-                // The read fills from many outstanding requests; the timeout is per block.
-                let k = match tokio::time::timeout(self.io_timeout, f.read(&mut buf)).await {
-                    Ok(Ok(k)) => k,
-                    Ok(Err(e)) => return Err(self.io_err("read", path, e)),
-                    Err(_) => {
-                        return Err(RemoteError::Timeout {
-                            endpoint: self.name.clone(),
-                            seconds: self.io_timeout.as_secs(),
-                            during: format!("reading {path} at byte {n}"),
-                        });
-                    }
-                };
-                if k == 0 {
-                    break;
-                }
-                to.write_all(&buf[..k])?;
-                n += k as u64;
-            }
-            let _ = self
-                .timed(&format!("closing {path}"), async {
-                    f.shutdown()
-                        .await
-                        .map_err(|e| self.io_err("close", path, e))
-                })
-                .await;
+            let h = self
+                .timed(
+                    "open",
+                    path,
+                    self.raw
+                        .open(path, OpenFlags::READ, FileAttributes::default()),
+                )
+                .await?
+                .handle;
+            let r = self.download(&h, path, to).await;
+            let closed = self.close_handle(&h, path).await;
+            let n = r?;
+            closed?;
             Ok(n)
         })
     }
@@ -406,47 +534,32 @@ impl RemoteSession for SftpConn {
     fn put<'a>(&'a mut self, from: &'a mut std::fs::File, path: &'a str) -> BoxFut<'a, u64> {
         Box::pin(async move {
             // EXCLUDE: never replace a file that is already there.
-            let mut f = self
-                .timed(&format!("creating {path}"), async {
-                    self.sftp
-                        .open_with_flags(
-                            path,
-                            OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE,
-                        )
-                        .await
-                        .map_err(|e| self.err("create", path, e))
-                })
-                .await?;
-            let mut buf = vec![0u8; LOCAL_BUF];
-            let mut n = 0u64;
-            loop {
-                let k = from.read(&mut buf)?;
-                if k == 0 {
-                    break;
-                }
-                match tokio::time::timeout(self.io_timeout, f.write_all(&buf[..k])).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(self.io_err("write", path, e)),
-                    Err(_) => {
-                        return Err(RemoteError::Timeout {
-                            endpoint: self.name.clone(),
-                            seconds: self.io_timeout.as_secs(),
-                            during: format!("writing {path} at byte {n}"),
-                        });
-                    }
-                }
-                n += k as u64;
-            }
-            // flush waits for every WRITE's status and asks the server to fsync
-            // (fsync@openssh.com) where it offers that; shutdown closes the handle, whose
-            // status is the server's last word on the file.
-            self.timed(&format!("finishing {path}"), async {
-                f.flush().await.map_err(|e| self.io_err("write", path, e))?;
-                f.shutdown()
+            let h = self
+                .timed(
+                    "create",
+                    path,
+                    self.raw.open(
+                        path,
+                        OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE,
+                        FileAttributes::default(),
+                    ),
+                )
+                .await?
+                .handle;
+            let r = self.upload(&h, path, from).await;
+            // Every WRITE was acknowledged; fsync where the server offers it, then CLOSE,
+            // whose status is the server's last word on the file.
+            let synced = match (&r, self.fsync) {
+                (Ok(_), true) => self
+                    .timed("fsync", path, self.raw.fsync(h.as_str()))
                     .await
-                    .map_err(|e| self.io_err("close", path, e))
-            })
-            .await?;
+                    .map(|_| ()),
+                _ => Ok(()),
+            };
+            let closed = self.close_handle(&h, path).await;
+            let n = r?;
+            synced?;
+            closed?;
             Ok(n)
         })
     }
@@ -455,31 +568,23 @@ impl RemoteSession for SftpConn {
         Box::pin(async move {
             // SFTP v3 RENAME fails when `to` exists (OpenSSH links, then unlinks): it never
             // replaces a delivered file.
-            self.timed(&format!("renaming {from} to {to}"), async {
-                self.sftp
-                    .rename(from, to)
-                    .await
-                    .map_err(|e| self.err("rename", from, e))
-            })
-            .await
+            self.timed("rename", from, self.raw.rename(from, to))
+                .await
+                .map(|_| ())
         })
     }
 
     fn remove<'a>(&'a mut self, path: &'a str) -> BoxFut<'a, ()> {
         Box::pin(async move {
-            self.timed(&format!("removing {path}"), async {
-                self.sftp
-                    .remove_file(path)
-                    .await
-                    .map_err(|e| self.err("remove", path, e))
-            })
-            .await
+            self.timed("remove", path, self.raw.remove(path))
+                .await
+                .map(|_| ())
         })
     }
 
     fn close<'a>(&'a mut self) -> BoxFut<'a, ()> {
         Box::pin(async move {
-            let _ = tokio::time::timeout(self.io_timeout, self.sftp.close()).await;
+            let _ = self.raw.close_session();
             let _ = tokio::time::timeout(
                 self.io_timeout,
                 self.handle
