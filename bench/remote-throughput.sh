@@ -145,8 +145,10 @@ role = "bank"
 endpoint = { type = "ftps", host = "127.0.0.1", port = $FTP_PORT, user = "$BUSER", password_file = "keys/bench.ftp-password", ca_file = "$F/ca.pem", dir = "$R" }
 EOF
 sleep 0.5
-"$BIN" remote test sftp-bank --config "$G" | head -3
-"$BIN" remote test ftps-bank --config "$G" | head -3
+for b in sftp-bank ftps-bank; do
+    "$BIN" remote test "$b" --config "$G" > "$WORK/test.out" || { cat "$WORK/test.out"; exit 1; }
+    head -3 "$WORK/test.out"
+done
 
 SFTP=(sftp -q -i "$G/keys/bench.id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
       -o LogLevel=ERROR -P "$SSH_PORT" "$BUSER@127.0.0.1")
