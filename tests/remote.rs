@@ -601,6 +601,40 @@ fn sftp_password_login_and_wrong_password() {
         "the listing shows the file: {out}"
     );
 
+    // Many files at once (get_many overlaps them on one session): every one byte-identical,
+    // the empty one and one of several read requests included.
+    let mut want = vec![("empty.dat".to_string(), Vec::new())];
+    for i in 0..20 {
+        let mut b = vec![0u8; 100 + i * 997];
+        getrandom::fill(&mut b).unwrap();
+        want.push((format!("f{i:02}.dat"), b));
+    }
+    let mut big = vec![0u8; 600 * 1024 + 7];
+    getrandom::fill(&mut big).unwrap();
+    want.push(("big.dat".into(), big));
+    want.push(("hello.txt".into(), b"hi\r\n\xe5\n".to_vec()));
+    for (n, b) in &want {
+        fs::write(folder.inbox().join(n), b).unwrap();
+    }
+    chown(&folder.path);
+    let back = g.path().join("back");
+    let (code, out) = remote(
+        &g,
+        &[
+            "get",
+            "demo-bank",
+            &folder.inbox().display().to_string(),
+            "-r",
+            "-o",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    for (n, b) in &want {
+        assert_eq!(&fs::read(back.join(n)).unwrap(), b, "{n}");
+    }
+    assert_eq!(fs::read_dir(&back).unwrap().count(), want.len());
+
     let bad = secret(&g, "bank-wrong.pw", "not-the-password\n");
     bank_endpoint(&g, &endpoint(&bad), 3);
     let (code, out) = remote(&g, &["test", "demo-bank"]);

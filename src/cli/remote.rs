@@ -178,13 +178,20 @@ async fn ls(dir: &Path, partner: &str, folder: Option<String>) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-async fn get_one(s: &mut Box<dyn RemoteSession>, path: &str, out: &Path) -> anyhow::Result<u64> {
-    let mut f = OpenOptions::new()
+/// Files fetched per `get_many` call by `get -r` (bounds the local files open at once).
+const GET_BATCH: usize = 64;
+
+fn create(out: &Path) -> anyhow::Result<std::fs::File> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(out)
-        .with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+        .with_context(|| format!("cannot create {} (it must not exist)", out.display()))
+}
+
+async fn get_one(s: &mut Box<dyn RemoteSession>, path: &str, out: &Path) -> anyhow::Result<u64> {
+    let mut f = create(out)?;
     let n = s.get(path, &mut f).await?;
     f.sync_all()
         .with_context(|| format!("cannot write {}", out.display()))?;
@@ -207,17 +214,26 @@ async fn get(
             .with_context(|| format!("cannot create folder {}", out.display()))?;
         let mut bytes = 0;
         let mut files = 0;
-        for entry in s.list(path).await? {
-            if entry.is_dir {
-                continue;
+        let names: Vec<String> = s
+            .list(path)
+            .await?
+            .into_iter()
+            .filter(|e| !e.is_dir)
+            .map(|e| e.name)
+            .collect();
+        // Batches bound the open local files; within a batch the endpoint may overlap them.
+        for batch in names.chunks(GET_BATCH) {
+            let mut items = Vec::with_capacity(batch.len());
+            for name in batch {
+                items.push((remote::join(path, name), create(&out.join(name))?));
             }
-            bytes += get_one(
-                &mut s,
-                &remote::join(path, &entry.name),
-                &out.join(&entry.name),
-            )
-            .await?;
-            files += 1;
+            let results = s.get_many(&mut items).await?;
+            for ((rp, f), r) in items.iter().zip(results) {
+                bytes += r?;
+                f.sync_all()
+                    .with_context(|| format!("cannot write the copy of {rp}"))?;
+                files += 1;
+            }
         }
         (files, bytes)
     } else {

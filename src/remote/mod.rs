@@ -97,6 +97,22 @@ pub trait RemoteSession: Send {
     /// Download `path` into `to` (a file the spool created), returning the bytes written.
     /// Binary, byte-exact, always.
     fn get<'a>(&'a mut self, path: &'a str, to: &'a mut std::fs::File) -> BoxFut<'a, u64>;
+    /// Download several files, each into its own local file; one result per item, in order.
+    /// Endpoints that can overlap transfers on one session do (SFTP keeps several files in
+    /// flight); the default fetches them one after another. The outer error is reserved for
+    /// the session itself failing.
+    fn get_many<'a>(
+        &'a mut self,
+        items: &'a mut [(String, std::fs::File)],
+    ) -> BoxFut<'a, Vec<Result<u64, RemoteError>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (path, f) in items.iter_mut() {
+                out.push(self.get(path, f).await);
+            }
+            Ok(out)
+        })
+    }
     /// Upload the contents of `from` as `path` (which should not exist), returning the bytes.
     fn put<'a>(&'a mut self, from: &'a mut std::fs::File, path: &'a str) -> BoxFut<'a, u64>;
     /// Rename `from` to `to`.

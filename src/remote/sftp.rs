@@ -34,6 +34,9 @@ const SFTP_MAX_PACKET: u32 = 256 * 1024;
 /// Bytes per READ / WRITE request, lowered to what the server announces
 /// (limits@openssh.com); OpenSSH's server takes 255 KiB.
 const SFTP_CHUNK: u32 = 255 * 1024;
+/// Files fetched at once by `get_many`: small files are bound by round trips (OPEN, READ,
+/// READ, CLOSE), so overlapping a few hides them; more adds little and holds more handles.
+const SFTP_FILES_IN_FLIGHT: usize = 8;
 
 /// An SFTP server as configured for a partner.
 pub struct SftpRemote {
@@ -340,6 +343,24 @@ impl SftpConn {
             .map(|_| ())
     }
 
+    /// Open, download (pipelined), close.
+    async fn get_one(&self, path: &str, to: &mut std::fs::File) -> Result<u64, RemoteError> {
+        let h = self
+            .timed(
+                "open",
+                path,
+                self.raw
+                    .open(path, OpenFlags::READ, FileAttributes::default()),
+            )
+            .await?
+            .handle;
+        let r = self.download(&h, path, to).await;
+        let closed = self.close_handle(&h, path).await;
+        let n = r?;
+        closed?;
+        Ok(n)
+    }
+
     /// Pipelined download of an open handle into `to`, in order.
     async fn download(
         &self,
@@ -465,6 +486,46 @@ impl SftpConn {
     }
 }
 
+/// Poll `futs` with at most `limit` running at once; results in the order given.
+async fn run_limited<'f, T>(
+    futs: Vec<std::pin::Pin<Box<impl std::future::Future<Output = T> + 'f>>>,
+    limit: usize,
+) -> Vec<T> {
+    use std::task::Poll;
+    let mut results: Vec<Option<T>> = futs.iter().map(|_| None).collect();
+    let mut queue = futs.into_iter().enumerate();
+    let mut active = Vec::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            while active.len() < limit.max(1) {
+                match queue.next() {
+                    Some(x) => active.push(x),
+                    None => break,
+                }
+            }
+            let mut done_one = false;
+            let mut i = 0;
+            while i < active.len() {
+                if let Poll::Ready(v) = active[i].1.as_mut().poll(cx) {
+                    let (idx, _) = active.swap_remove(i);
+                    results[idx] = Some(v);
+                    done_one = true;
+                } else {
+                    i += 1;
+                }
+            }
+            if active.is_empty() {
+                return Poll::Ready(());
+            }
+            if !done_one {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
 fn entry_of(name: String, m: &FileAttributes) -> RemoteEntry {
     RemoteEntry {
         name,
@@ -513,21 +574,20 @@ impl RemoteSession for SftpConn {
     }
 
     fn get<'a>(&'a mut self, path: &'a str, to: &'a mut std::fs::File) -> BoxFut<'a, u64> {
+        Box::pin(async move { self.get_one(path, to).await })
+    }
+
+    fn get_many<'a>(
+        &'a mut self,
+        items: &'a mut [(String, std::fs::File)],
+    ) -> BoxFut<'a, Vec<Result<u64, RemoteError>>> {
         Box::pin(async move {
-            let h = self
-                .timed(
-                    "open",
-                    path,
-                    self.raw
-                        .open(path, OpenFlags::READ, FileAttributes::default()),
-                )
-                .await?
-                .handle;
-            let r = self.download(&h, path, to).await;
-            let closed = self.close_handle(&h, path).await;
-            let n = r?;
-            closed?;
-            Ok(n)
+            let this = &*self;
+            let futs: Vec<_> = items
+                .iter_mut()
+                .map(|(p, f)| Box::pin(this.get_one(p, f)))
+                .collect();
+            Ok(run_limited(futs, SFTP_FILES_IN_FLIGHT).await)
         })
     }
 
