@@ -1068,3 +1068,34 @@ fn ftps_destination_protocol_direct_upload() {
         fs::remove_file(folder.inbox().join("a.dat")).unwrap();
     }
 }
+
+#[test]
+fn a_server_that_never_answers_times_out_with_the_endpoint_named() {
+    let g = Gateway::new();
+    // Accepts connections and says nothing: a hung server (or a firewall that swallows).
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().take(2) {
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let pw = secret(&g, "bank.pw", "x\n");
+    let sftp = format!(
+        "{{ type = \"sftp\", host = \"127.0.0.1\", port = {port}, user = \"u\", host_key = \"SHA256:KjoUuqR0MhYgIGdNz4Io9tV8N3xtuOZxq9cT3BTEMWo\", password_file = \"{pw}\", connect_timeout_seconds = 1 }}"
+    );
+    let ftps = format!(
+        "{{ type = \"ftps\", host = \"127.0.0.1\", port = {port}, user = \"u\", password_file = \"{pw}\", cert_fingerprint = \"SHA256:{}\", connect_timeout_seconds = 1 }}",
+        "ab".repeat(32)
+    );
+    for (endpoint, scheme) in [(sftp, "sftp://u@127.0.0.1"), (ftps, "ftps://u@127.0.0.1")] {
+        bank_endpoint(&g, &endpoint, 3);
+        let (code, out) = remote(&g, &["test", "demo-bank"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("timed out after 1 s"), "{out}");
+        assert!(out.contains(scheme), "{out}");
+    }
+    hold.join().unwrap();
+}
