@@ -1064,8 +1064,22 @@ fn ftps_destination_protocol_direct_upload() {
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(10),
         });
-        destination_protocol(spec, &folder, || {});
+        destination_protocol(spec.clone(), &folder, || {});
         fs::remove_file(folder.inbox().join("a.dat")).unwrap();
+        // Many uploads on one session: each data connection must resume the TLS session
+        // (TLS 1.3 tickets are single-use), or vsftpd answers 522.
+        use sluss::pipeline::deliver::Destination;
+        let dest = sluss::pipeline::remote_dest::RemoteDir::new(&spec).unwrap();
+        let src = tempfile::NamedTempFile::new().unwrap();
+        fs::write(src.path(), b"x\r\n").unwrap();
+        for i in 0..25 {
+            dest.put_temp(&format!(".m{i}.tmp"), src.path()).unwrap();
+            dest.promote(&format!(".m{i}.tmp"), &format!("m{i}")).unwrap();
+        }
+        for i in 0..25 {
+            assert_eq!(dest.size_of(&format!("m{i}")).unwrap(), Some(3));
+            dest.remove(&format!("m{i}")).unwrap();
+        }
     }
 }
 
