@@ -1074,7 +1074,8 @@ fn ftps_destination_protocol_direct_upload() {
         fs::write(src.path(), b"x\r\n").unwrap();
         for i in 0..25 {
             dest.put_temp(&format!(".m{i}.tmp"), src.path()).unwrap();
-            dest.promote(&format!(".m{i}.tmp"), &format!("m{i}")).unwrap();
+            dest.promote(&format!(".m{i}.tmp"), &format!("m{i}"))
+                .unwrap();
         }
         for i in 0..25 {
             assert_eq!(dest.size_of(&format!("m{i}")).unwrap(), Some(3));
@@ -1112,4 +1113,87 @@ fn a_server_that_never_answers_times_out_with_the_endpoint_named() {
         assert!(out.contains(scheme), "{out}");
     }
     hold.join().unwrap();
+}
+
+#[test]
+fn restart_recovery_looks_at_the_remote_folder() {
+    // The crash leftovers of four deliveries, set up at an SFTP server, then the daemon starts.
+    let mut g = Gateway::new();
+    let (key, line) = client_key(&g);
+    let sshd = Sshd::start(&line);
+    let folder = RemoteFolder::new();
+    bank_endpoint(
+        &g,
+        &format!(
+            "{{ type = \"sftp\", host = \"127.0.0.1\", port = {}, user = \"{USER}\", host_key = \"{}\", key_file = \"{key}\", dir = \"{}\" }}",
+            sshd.port,
+            sshd.host_fingerprint(),
+            folder.inbox().display()
+        ),
+        3,
+    );
+    let ids: Vec<i64> = (0..4).map(|i| ingest_order(&g, 300 + i).0).collect();
+    let ledger = g.path().join("var/ledger.sqlite");
+    let db = rusqlite::Connection::open(&ledger).unwrap();
+    let rows: Vec<(i64, String, String, String)> = ids
+        .iter()
+        .map(|id| {
+            db.query_row(
+                "SELECT d.id, d.final_name, d.temp_name, f.spool_path FROM deliveries d \
+                 JOIN files f ON f.id = d.file_id WHERE d.file_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap()
+        })
+        .collect();
+    let inbox = folder.inbox();
+    // 0: only the temporary file (the rename never happened) → delivered again.
+    fs::copy(&rows[0].3, inbox.join(&rows[0].2)).unwrap();
+    // 1: the final name with the right bytes (crash before "delivered") → delivered.
+    fs::copy(&rows[1].3, inbox.join(&rows[1].1)).unwrap();
+    // 2: nothing (the bank may have fetched it) → held, never re-sent.
+    // 3: the final name, right size, other bytes → held (the remote SHA-256 differs).
+    let mut other = fs::read(&rows[3].3).unwrap();
+    other[0] ^= 1;
+    fs::write(inbox.join(&rows[3].1), &other).unwrap();
+    chown(&folder.path);
+    for (did, ..) in &rows {
+        db.execute(
+            "UPDATE deliveries SET state = 'delivering' WHERE id = ?1",
+            [did],
+        )
+        .unwrap();
+    }
+    for id in &ids {
+        db.execute("UPDATE files SET state = 'delivering' WHERE id = ?1", [id])
+            .unwrap();
+    }
+    drop(db);
+    g.start();
+    assert!(
+        g.wait_for(Duration::from_secs(30), || {
+            g.state_of(ids[0]) == "delivered"
+                && g.state_of(ids[1]) == "delivered"
+                && g.state_of(ids[2]) == "held"
+                && g.state_of(ids[3]) == "held"
+        }),
+        "{}",
+        g.diag()
+    );
+    g.stop();
+    let names = folder.files();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    assert!(
+        !names.contains(&rows[2].1),
+        "the absent file was not sent again"
+    );
+    assert_eq!(
+        fs::read(inbox.join(&rows[3].1)).unwrap(),
+        other,
+        "never replaced"
+    );
+    let log = fs::read_to_string(g.path().join("serve.log")).unwrap();
+    assert!(log.contains("other content"), "{log}");
 }
