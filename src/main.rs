@@ -43,6 +43,8 @@ enum Command {
     Archive(cli::ledger::ArchiveArgs),
     /// Pull jobs: schedule, last run, next run, state; `jobs run PARTNER/NAME` runs one now.
     Jobs(cli::jobs::JobsArgs),
+    /// Partners' remote endpoints: test the connection, list folders.
+    Remote(cli::remote::RemoteArgs),
 }
 
 fn init_logging(json: bool) {
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Ledger(a) => cli::ledger::run(a),
         Command::Archive(a) => cli::ledger::run_archive(a),
         Command::Jobs(a) => cli::jobs::run(a),
+        Command::Remote(a) => cli::remote::run(a),
     };
     match result {
         Ok(code) => code,

@@ -470,7 +470,7 @@ fn name_template_without_id() {
 }
 
 #[test]
-fn remote_endpoint_is_not_supported_yet() {
+fn incomplete_remote_endpoint_names_the_missing_field() {
     let tmp = example();
     edit(
         tmp.path(),
@@ -479,8 +479,8 @@ fn remote_endpoint_is_not_supported_yet() {
         "{ type = \"sftp\", host = \"h2h.bank.example\" }",
     );
     let errs = errors(tmp.path());
-    let e = problem(&errs, "endpoint type \"sftp\" is not supported yet");
-    assert_eq!(e.field, "delivery.endpoint.type");
+    let e = problem(&errs, "an sftp endpoint needs `user`");
+    assert_eq!(e.field, "delivery.endpoint.user");
 }
 
 #[test]
@@ -541,7 +541,7 @@ fn several_problems_in_several_files_are_all_reported() {
         "routing.bankgiro[0]: `991-2347`",
         "delivery.name_template:",
         "demo-bank.toml:",
-        "\"ftps\" is not supported yet",
+        "unknown field `path` for an ftps endpoint",
         "4 problems found",
     ] {
         assert!(out.contains(needle), "missing `{needle}` in:\n{out}");

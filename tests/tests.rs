@@ -6,4 +6,5 @@ mod config;
 mod formats;
 mod pipeline;
 mod pull;
+mod remote;
 mod seal;

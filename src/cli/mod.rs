@@ -4,5 +4,6 @@ pub mod check;
 pub mod inspect;
 pub mod jobs;
 pub mod ledger;
+pub mod remote;
 pub mod seal;
 pub mod serve;

@@ -56,6 +56,17 @@ enum KeygenKind {
         #[arg(short = 'o', long = "output", value_name = "F")]
         output: Option<PathBuf>,
     },
+    /// An ed25519 key for logging in to partners' SFTP servers: writes the private key
+    /// (OpenSSH format, mode 0600) and FILE.pub, and prints the public line and fingerprint
+    /// to give the partner.
+    Client {
+        /// The private key file to write, e.g. keys/acme.id_ed25519 (refuses to overwrite).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// Comment in the public key line (default: sluss@HOSTNAME).
+        #[arg(long)]
+        comment: Option<String>,
+    },
 }
 
 pub fn run_seal(a: SealArgs) -> anyhow::Result<ExitCode> {
@@ -157,7 +168,50 @@ pub fn run_verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 pub fn run_keygen(a: KeygenArgs) -> anyhow::Result<ExitCode> {
     match a.kind {
         KeygenKind::Seal { output } => keygen_seal(output.as_deref()),
+        KeygenKind::Client { output, comment } => keygen_client(&output, comment),
     }
+}
+
+fn keygen_client(output: &Path, comment: Option<String>) -> anyhow::Result<ExitCode> {
+    let mut pub_path = output.as_os_str().to_owned();
+    pub_path.push(".pub");
+    let pub_path = PathBuf::from(pub_path);
+    for p in [output, pub_path.as_path()] {
+        if p.symlink_metadata().is_ok() {
+            bail!(
+                "{} already exists; refusing to overwrite a key file (move it away first if you mean to replace it)",
+                p.display()
+            );
+        }
+    }
+    let comment = comment.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("sluss@{}", host.trim())
+    });
+    let key = sluss::remote::sftp::generate_client_key(&comment)
+        .map_err(|e| anyhow::anyhow!("cannot generate a client key: {e}"))?;
+    let write = |path: &Path, mode: u32, text: &str| -> anyhow::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(output, 0o600, &key.private_openssh)?;
+    write(&pub_path, 0o644, &format!("{}\n", key.public_line))?;
+    println!(
+        "wrote client key {} and {}",
+        output.display(),
+        pub_path.display()
+    );
+    println!("give the partner this public key (for the user sluss logs in as):");
+    println!("{}", key.public_line);
+    println!("fingerprint {}", key.fingerprint);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn keygen_seal(output: Option<&Path>) -> anyhow::Result<ExitCode> {

@@ -9,10 +9,14 @@
 //! example marks as generated at first start come back as [`PendingKey`]s; the daemon
 //! creates them and loads again.
 
+pub mod endpoint;
 mod pull;
 mod raw;
 mod validate;
 
+pub use endpoint::{
+    FtpsEndpoint, FtpsMode, FtpsTrust, PassiveMode, SftpAuth, SftpEndpoint, UploadMode,
+};
 pub use pull::{AfterAction, PullJob, Schedule, glob_match};
 
 // The one place where config meets its leaves (seal keys, bankgiro numbers).
@@ -148,6 +152,10 @@ pub struct Delivery {
 pub enum Endpoint {
     /// A folder on this machine (absolute).
     Local { path: PathBuf },
+    /// A partner's SFTP server.
+    Sftp(SftpEndpoint),
+    /// A partner's FTPS server.
+    Ftps(FtpsEndpoint),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

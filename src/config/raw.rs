@@ -108,8 +108,8 @@ pub struct RawPayments {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDelivery {
-    /// Kept as a table: its allowed keys depend on `type`, and a not-yet-supported type
-    /// deserves "not supported yet" rather than "unknown field `host`".
+    /// Kept as a table: its allowed keys depend on `type` (local here in validate; sftp and
+    /// ftps in `endpoint`, which deserialises the table into its own raw types).
     pub endpoint: Option<toml::Table>,
     pub name_template: Option<String>,
     pub attempts: Option<i64>,

@@ -711,12 +711,17 @@ fn partner(
     // Delivery.
     let rd = r.delivery.as_ref();
     let mut delivery_field = "delivery.endpoint".to_string();
-    let endpoint_path = match rd.and_then(|d| d.endpoint.as_ref()) {
+    let endpoint = match rd.and_then(|d| d.endpoint.as_ref()) {
         Some(t) => {
-            delivery_field = "delivery.endpoint.path".to_string();
-            endpoint(cx, env, t, p)
+            delivery_field = match t.get("type").and_then(|v| v.as_str()) {
+                Some("local") => "delivery.endpoint.path".to_string(),
+                _ => "delivery.endpoint.dir".to_string(),
+            };
+            endpoint(cx, env, "delivery.endpoint", t, p)
         }
-        None if role == Role::Customer => Some(env.data_dir.join("download").join(&id)),
+        None if role == Role::Customer => Some(Endpoint::Local {
+            path: env.data_dir.join("download").join(&id),
+        }),
         None => {
             cx.err(
                 p,
@@ -766,9 +771,9 @@ fn partner(
             delivery: Delivery {
                 // An empty path only when the endpoint had a problem, which is reported:
                 // this draft then never reaches a Config.
-                endpoint: Endpoint::Local {
-                    path: endpoint_path.unwrap_or_default(),
-                },
+                endpoint: endpoint.unwrap_or(Endpoint::Local {
+                    path: PathBuf::new(),
+                }),
                 name_template,
                 attempts,
             },
@@ -1056,14 +1061,7 @@ pub(super) fn pull_endpoint(
     t: &toml::Table,
     p: &mut Problems,
 ) -> Option<Endpoint> {
-    let mut mine = Problems::default();
-    let found = endpoint(cx, env, t, &mut mine);
-    for mut e in mine.0 {
-        e.field = e.field.replacen("delivery.endpoint", field, 1);
-        e.line = cx.line(&e.field);
-        p.0.push(e);
-    }
-    found.map(|path| Endpoint::Local { path })
+    endpoint(cx, env, field, t, p)
 }
 
 enum KeyState {
@@ -1089,60 +1087,68 @@ fn load_key(path: &Path) -> KeyState {
     }
 }
 
-/// `endpoint = { type = "local", path = "…" }` → the absolute folder.
+/// `endpoint = { type = "local" | "sftp" | "ftps", … }` at `field` (e.g. `delivery.endpoint`)
+/// → the validated endpoint. Remote kinds are checked in [`super::endpoint`].
 fn endpoint(
     cx: &FileCx<'_, '_>,
     env: &Env<'_>,
+    field: &str,
     t: &toml::Table,
     p: &mut Problems,
-) -> Option<PathBuf> {
+) -> Option<Endpoint> {
+    let type_field = format!("{field}.type");
     let kind = match t.get("type") {
         Some(toml::Value::String(s)) => s.as_str(),
         Some(_) => {
             cx.err(
                 p,
-                "delivery.endpoint.type",
+                &type_field,
                 "must be a string",
-                "write type = \"local\"",
+                "write type = \"local\", \"sftp\" or \"ftps\"",
             );
             return None;
         }
         None => {
             cx.err(
                 p,
-                "delivery.endpoint.type",
+                &type_field,
                 "the endpoint has no type",
-                "add type = \"local\"",
+                "add type = \"local\", \"sftp\" or \"ftps\"",
             );
             return None;
         }
     };
-    match kind {
-        "local" => {}
-        "sftp" | "ftps" => {
-            cx.err(
-                p,
-                "delivery.endpoint.type",
-                format!("endpoint type \"{kind}\" is not supported yet; this version delivers to local folders only"),
-                "use type = \"local\" with a path for now",
-            );
-            return None;
-        }
+    let remote = match kind {
+        "local" => None,
+        "sftp" => Some(super::endpoint::sftp(t, env.dir, &resolve).map(Endpoint::Sftp)),
+        "ftps" => Some(super::endpoint::ftps(t, env.dir, &resolve).map(Endpoint::Ftps)),
         other => {
             cx.err(
                 p,
-                "delivery.endpoint.type",
+                &type_field,
                 format!("unknown endpoint type \"{other}\""),
-                "use type = \"local\" (sftp and ftps come later)",
+                "use type = \"local\", \"sftp\" or \"ftps\"",
             );
             return None;
         }
+    };
+    if let Some(r) = remote {
+        return match r {
+            Ok(e) => Some(e),
+            Err(issues) => {
+                for i in issues {
+                    cx.err(p, &join_field(field, &i.field), i.message, i.fix);
+                }
+                None
+            }
+        };
     }
+    let path_field = format!("{field}.path");
     let mut ok = true;
     for key in t.keys().filter(|k| *k != "type" && *k != "path") {
         cx.err(
             p,
-            &format!("delivery.endpoint.{key}"),
+            &format!("{field}.{key}"),
             format!("unknown field `{key}` for a local endpoint"),
             format!("remove `{key}`; a local endpoint has only type and path"),
         );
@@ -1153,7 +1159,7 @@ fn endpoint(
         Some(_) => {
             cx.err(
                 p,
-                "delivery.endpoint.path",
+                &path_field,
                 "must be a non-empty string",
                 "give the folder, e.g. \"var/bank-outbox\"",
             );
@@ -1162,7 +1168,7 @@ fn endpoint(
         None => {
             cx.err(
                 p,
-                "delivery.endpoint.path",
+                &path_field,
                 "a local endpoint needs a path",
                 "add path = \"var/bank-outbox\" (relative to the config directory)",
             );
@@ -1183,14 +1189,31 @@ fn endpoint(
         if bad {
             cx.err(
                 p,
-                "delivery.endpoint.path",
+                &path_field,
                 format!("{} overlaps {what} ({})", path.display(), dir.display()),
                 "deliver into a folder of its own, e.g. \"var/bank-outbox\"",
             );
             ok = false;
         }
     }
-    ok.then_some(path)
+    ok.then_some(Endpoint::Local { path })
+}
+
+/// Where an endpoint delivers, for "two partners deliver into one folder": local folders
+/// compare as paths, remote ones as `kind://host:port` plus the folder.
+fn delivery_place(e: &Endpoint) -> Option<(String, PathBuf)> {
+    match e {
+        Endpoint::Local { path } if path.as_os_str().is_empty() => None,
+        Endpoint::Local { path } => Some((String::new(), path.clone())),
+        Endpoint::Sftp(s) => Some((
+            format!("sftp://{}:{}", s.host, s.port),
+            PathBuf::from(&s.dir),
+        )),
+        Endpoint::Ftps(f) => Some((
+            format!("ftps://{}:{}", f.host, f.port),
+            PathBuf::from(&f.dir),
+        )),
+    }
 }
 
 fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &mut Problems) {
@@ -1287,16 +1310,14 @@ fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &m
 
     // Two partners delivering into one folder (or one inside the other).
     for (i, a) in drafts.iter().enumerate() {
-        let Endpoint::Local { path: pa } = &a.partner.delivery.endpoint;
-        if pa.as_os_str().is_empty() {
+        let Some((server_a, pa)) = delivery_place(&a.partner.delivery.endpoint) else {
             continue;
-        }
+        };
         for b in &drafts[..i] {
-            let Endpoint::Local { path: pb } = &b.partner.delivery.endpoint;
-            if pb.as_os_str().is_empty() {
+            let Some((server_b, pb)) = delivery_place(&b.partner.delivery.endpoint) else {
                 continue;
-            }
-            if pa.starts_with(pb) || pb.starts_with(pa) {
+            };
+            if server_a == server_b && (pa.starts_with(&pb) || pb.starts_with(&pa)) {
                 let how = if pa == pb {
                     "the same folder as"
                 } else {
@@ -1307,7 +1328,7 @@ fn cross_check(drafts: &[Draft], broken: &BTreeSet<String>, env: &Env<'_>, p: &m
                     a.delivery_line,
                     &a.delivery_field,
                     format!(
-                        "{} is {how} partner `{}` ({}); their files would mix",
+                        "{server_a}{} is {how} partner `{}` ({}); their files would mix",
                         pa.display(),
                         b.partner.id,
                         b.shown.display()

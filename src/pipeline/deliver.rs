@@ -104,6 +104,7 @@ impl Destination for LocalDir {
 pub fn destination_of(partner: &Partner) -> Box<dyn Destination> {
     match &partner.delivery.endpoint {
         Endpoint::Local { path } => Box::new(LocalDir { dir: path.clone() }),
+        remote => Box::new(super::remote_dest::RemoteDir::new(remote).expect("a remote endpoint")),
     }
 }
 

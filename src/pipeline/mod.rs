@@ -18,6 +18,7 @@ pub mod archive;
 pub mod deliver;
 pub mod ingest;
 pub mod pull;
+pub mod remote_dest;
 pub mod route;
 
 use crate::config::Config;

@@ -6,7 +6,9 @@
 //! touches the ledger. Downloaded bytes go into files the spool created (the caller passes
 //! the open file); pushes read from spooled files.
 
+pub mod ftps;
 pub mod local;
+pub mod sftp;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,6 +67,27 @@ pub enum RemoteError {
     Local(#[from] std::io::Error),
 }
 
+/// The remote folder a configured endpoint delivers into and lists, and how it uploads;
+/// `None` for a local folder (whose path is the endpoint itself).
+pub fn remote_dir(spec: &crate::config::Endpoint) -> Option<(&str, crate::config::UploadMode)> {
+    match spec {
+        crate::config::Endpoint::Local { .. } => None,
+        crate::config::Endpoint::Sftp(s) => Some((&s.dir, s.upload)),
+        crate::config::Endpoint::Ftps(f) => Some((&f.dir, f.upload)),
+    }
+}
+
+/// `dir` joined with a file name, as a remote path.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() || dir == "." {
+        name.to_string()
+    } else if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
 /// A connected session with one endpoint. Paths are remote paths (`/out/file.txt`).
 pub trait RemoteSession: Send {
     /// Files and folders in `dir`.
@@ -74,6 +97,22 @@ pub trait RemoteSession: Send {
     /// Download `path` into `to` (a file the spool created), returning the bytes written.
     /// Binary, byte-exact, always.
     fn get<'a>(&'a mut self, path: &'a str, to: &'a mut std::fs::File) -> BoxFut<'a, u64>;
+    /// Download several files, each into its own local file; one result per item, in order.
+    /// Endpoints that can overlap transfers on one session do (SFTP keeps several files in
+    /// flight); the default fetches them one after another. The outer error is reserved for
+    /// the session itself failing.
+    fn get_many<'a>(
+        &'a mut self,
+        items: &'a mut [(String, std::fs::File)],
+    ) -> BoxFut<'a, Vec<Result<u64, RemoteError>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (path, f) in items.iter_mut() {
+                out.push(self.get(path, f).await);
+            }
+            Ok(out)
+        })
+    }
     /// Upload the contents of `from` as `path` (which should not exist), returning the bytes.
     fn put<'a>(&'a mut self, from: &'a mut std::fs::File, path: &'a str) -> BoxFut<'a, u64>;
     /// Rename `from` to `to`.
@@ -97,5 +136,7 @@ pub fn open(spec: &crate::config::Endpoint) -> Box<dyn RemoteEndpoint> {
         crate::config::Endpoint::Local { path } => {
             Box::new(local::LocalEndpoint { root: path.clone() })
         }
+        crate::config::Endpoint::Sftp(s) => Box::new(sftp::SftpRemote { spec: s.clone() }),
+        crate::config::Endpoint::Ftps(f) => Box::new(ftps::FtpsRemote { spec: f.clone() }),
     }
 }
