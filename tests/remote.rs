@@ -1197,3 +1197,158 @@ fn restart_recovery_looks_at_the_remote_folder() {
     let log = fs::read_to_string(g.path().join("serve.log")).unwrap();
     assert!(log.contains("other content"), "{log}");
 }
+
+/// Add a pull job `demo-bank/r` reading `dir` through `endpoint` (never scheduled in the
+/// test: it runs with `sluss jobs run`).
+fn pull_job(g: &Gateway, endpoint: &str, dir: &Path, extra: &str) {
+    let job = g.path().join("jobs.d/demo-bank.toml");
+    let mut text = fs::read_to_string(&job).unwrap();
+    text.push_str(&format!(
+        "\n[[pull]]\nname = \"r\"\nendpoint = {endpoint}\ndir = \"{}\"\npattern = \"*.txt\"\n\
+         schedule = \"0 0 1 1 *\"\njitter_seconds = 0\nstable_seconds = 1\n{extra}\n",
+        dir.display()
+    ));
+    fs::write(&job, text).unwrap();
+}
+
+/// A bank return for the demo customer, placed in the remote folder as `name`.
+fn put_return(folder: &RemoteFolder, name: &str) -> Vec<u8> {
+    let bytes = fs::read(crate::util::fixture(
+        "bankgirot/returns/lb-stopped-code7.txt",
+    ))
+    .unwrap();
+    fs::write(folder.inbox().join(name), &bytes).unwrap();
+    chown(&folder.inbox());
+    bytes
+}
+
+fn jobs_run(g: &Gateway) -> (i32, String) {
+    let out = g.cmd(&["jobs", "run", "demo-bank/r"]).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Files delivered to the demo customer's download folder (rejection notes aside).
+fn customer_files(g: &Gateway) -> Vec<Vec<u8>> {
+    let dir = g.path().join("var/download/demo");
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    rd.map(|e| e.unwrap().path())
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("REJECTED-")
+        })
+        .map(|p| fs::read(p).unwrap())
+        .collect()
+}
+
+#[test]
+fn sftp_pull_then_delete_and_keep_reach_the_customer_once() {
+    let mut g = Gateway::new();
+    let (key, line) = client_key(&g);
+    let sshd = Sshd::start(&line);
+    let folder = RemoteFolder::new();
+    let endpoint = format!(
+        "{{ type = \"sftp\", host = \"127.0.0.1\", port = {}, user = \"{USER}\", host_key = \"{}\", key_file = \"{key}\" }}",
+        sshd.port,
+        sshd.host_key_line()
+    );
+    pull_job(&g, &endpoint, &folder.inbox(), "after = \"delete\"");
+    let bytes = put_return(&folder, "stopped1.txt");
+    std::thread::sleep(Duration::from_millis(1100)); // older than stable_seconds
+    let (code, out) = jobs_run(&g);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        folder.files().is_empty(),
+        "deleted after acceptance: {:?}",
+        folder.files()
+    );
+    g.start();
+    assert!(
+        g.wait_for(Duration::from_secs(30), || customer_files(&g).len() == 1),
+        "{}",
+        g.diag()
+    );
+    g.stop();
+    assert_eq!(customer_files(&g), vec![bytes.clone()], "byte-identical");
+
+    // keep: the file stays on the server and is taken once, however often the job runs.
+    let job = g.path().join("jobs.d/demo-bank.toml");
+    let text = fs::read_to_string(&job)
+        .unwrap()
+        .replace("after = \"delete\"", "after = \"keep\"");
+    fs::write(&job, text).unwrap();
+    let mut other = bytes.clone();
+    // Another day's return (other bytes, so not a duplicate of the first).
+    let pos = other.windows(6).position(|w| w == b"GENAST").unwrap_or(100);
+    other[pos - 1] = b'9';
+    fs::write(folder.inbox().join("stopped2.txt"), &other).unwrap();
+    chown(&folder.inbox());
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..2 {
+        let (code, out) = jobs_run(&g);
+        assert_eq!(code, 0, "{out}");
+    }
+    assert_eq!(folder.files(), vec!["stopped2.txt".to_string()]);
+    let rows = g.ledger_json();
+    let pulled: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["source"].as_str().unwrap_or("").starts_with("pull:"))
+        .collect();
+    assert_eq!(pulled.len(), 2, "each file ingested once: {rows}");
+}
+
+#[test]
+fn ftps_pull_then_move_never_takes_a_file_twice() {
+    let g = Gateway::new();
+    let pki = Pki::new();
+    let v = Vsftpd::start(&pki, false);
+    let folder = RemoteFolder::new();
+    fs::create_dir_all(folder.path.join("done")).unwrap();
+    chown(&folder.path);
+    let pw = secret(&g, "bank.ftp-password", &format!("{}\n", password()));
+    let endpoint = format!(
+        "{{ type = \"ftps\", host = \"127.0.0.1\", port = {}, mode = \"explicit\", user = \"{USER}\", password_file = \"{pw}\", ca_file = \"{}\" }}",
+        v.port,
+        pki.ca().display()
+    );
+    pull_job(
+        &g,
+        &endpoint,
+        &folder.inbox(),
+        &format!(
+            "after = \"move\"\nmove_to = \"{}\"",
+            folder.path.join("done").display()
+        ),
+    );
+    let bytes = put_return(&folder, "stopped1.txt");
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, out) = jobs_run(&g);
+    assert_eq!(code, 0, "{out}");
+    assert!(folder.files().is_empty(), "{:?}", folder.files());
+    assert_eq!(
+        fs::read(folder.path.join("done/stopped1.txt")).unwrap(),
+        bytes,
+        "moved, unchanged"
+    );
+    let (code, out) = jobs_run(&g);
+    assert_eq!(code, 0, "{out}");
+    let rows = g.ledger_json();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "taken once: {rows}");
+    let row = &rows[0];
+    assert_eq!(row["kind"], "lb-stopped");
+    assert_eq!(row["sha256"].as_str().unwrap(), {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    });
+}
