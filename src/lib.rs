@@ -15,4 +15,5 @@ pub mod ledger;
 pub mod pipeline;
 pub mod remote;
 pub mod seal;
+pub mod sftpd;
 pub mod spool;

@@ -23,6 +23,8 @@ const INGEST_CHUNK: usize = 64;
 /// (Also how often it looks for files released by operators from another process; the
 /// release command routes them itself, so this only catches one interrupted in between.)
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often a listener that could not bind is tried again.
+const SFTP_BIND_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -75,6 +77,41 @@ pub fn load_config(dir: &Path) -> anyhow::Result<Arc<Config>> {
 }
 
 fn generate_key(k: &PendingKey) -> anyhow::Result<()> {
+    use sluss::config::PendingKeyKind;
+    use sluss::sftpd::keys::{self, HostKeyKind};
+    let host = |kind: HostKeyKind| -> anyhow::Result<()> {
+        let fp = keys::generate_host_key(&k.path, kind)
+            .with_context(|| format!("generating SSH host key {}", k.path.display()))?;
+        tracing::warn!(
+            event = "key.generated",
+            path = %k.path.display(),
+            fingerprint = %fp,
+            "generated SSH host key {} ({fp}); clients see this fingerprint at first connection",
+            k.path.display()
+        );
+        Ok(())
+    };
+    match k.kind {
+        PendingKeyKind::SealKey => {}
+        PendingKeyKind::SshHostEd25519 => return host(HostKeyKind::Ed25519),
+        PendingKeyKind::SshHostRsa => return host(HostKeyKind::Rsa),
+        PendingKeyKind::SshClientKey => {
+            let private = keys::client_key_path(&k.path, &k.partner);
+            let fp = keys::generate_client_key(&private, &k.path, &format!("{}@sluss", k.partner))
+                .with_context(|| format!("generating the SFTP client key of partner {}", k.partner))?;
+            tracing::warn!(
+                event = "key.generated",
+                partner = %k.partner,
+                path = %private.display(),
+                fingerprint = %fp,
+                "generated SFTP client key {} ({fp}) for partner {} and authorized it in {}",
+                private.display(),
+                k.partner,
+                k.path.display()
+            );
+            return Ok(());
+        }
+    }
     let key = SealKey::generate();
     spool::write_new_file(
         &k.path,
@@ -151,6 +188,38 @@ pub fn run_ingest(a: IngestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Run the SFTP server until `stopped`. A listener that cannot bind (port taken) does not
+/// take the daemon down: deliveries of bank returns go on, the failure is an alert, and the
+/// bind is retried.
+async fn serve_sftp(pipeline: Arc<Pipeline>, mut stopped: tokio::sync::oneshot::Receiver<()>) {
+    loop {
+        match sluss::sftpd::Server::bind(pipeline.clone()).await {
+            Ok(server) => {
+                if let Err(e) = server
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                {
+                    tracing::error!(event = "alert.sftp_failed", "the SFTP server stopped: {e}");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(
+                    event = "alert.sftp_unavailable",
+                    "SFTP server not started: {e}; customers cannot upload until it is; retrying in {}s",
+                    SFTP_BIND_RETRY.as_secs()
+                );
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(SFTP_BIND_RETRY) => {}
+                }
+            }
+        }
+    }
 }
 
 pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -230,24 +299,41 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 })?,
         );
     }
-    tracing::info!(
-        event = "daemon.ready",
-        "sluss is running; stop with SIGTERM or Ctrl-C"
-    );
-
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded: SFTP sessions encrypt on both cores; ingests run on blocking threads.
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let (stop_sftp, stopped) = tokio::sync::oneshot::channel::<()>();
+        let sftp = config
+            .sftp
+            .as_ref()
+            .map(|_| tokio::spawn(serve_sftp(pipeline.clone(), stopped)));
+        tracing::info!(
+            event = "daemon.ready",
+            "sluss is running; stop with SIGTERM or Ctrl-C"
+        );
         tokio::select! {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
+        let _ = stop_sftp.send(());
+        if let Some(t) = sftp {
+            let _ = t.await;
+        }
         anyhow::Ok(())
-    })?;
+    });
+    if let Err(e) = served {
+        stop.store(true, Ordering::Relaxed);
+        pipeline.ring();
+        for w in workers {
+            let _ = w.join();
+        }
+        return Err(e);
+    }
     tracing::info!(
         event = "daemon.stopping",
         "stopping: finishing batches in progress"

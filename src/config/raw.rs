@@ -21,6 +21,7 @@ pub struct RawMain {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub log: RawLog,
+    pub sftp: Option<super::sftp::RawSftpServer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +56,7 @@ pub struct RawPartnerFile {
     pub payments: Option<RawPayments>,
     pub delivery: Option<RawDelivery>,
     pub archive: Option<RawArchive>,
+    pub sftp: Option<super::sftp::RawSftpAccount>,
 }
 
 #[derive(Debug, Deserialize)]
