@@ -41,6 +41,8 @@ enum Command {
     Ledger(cli::ledger::LedgerArgs),
     /// Archived (encrypted) copies of delivered files.
     Archive(cli::ledger::ArchiveArgs),
+    /// Read a password on stdin, print its Argon2id hash (for `[sftp] password_hash`).
+    Passwd(cli::sftp::PasswdArgs),
 }
 
 fn init_logging(json: bool) {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Ingest(a) => cli::serve::run_ingest(a),
         Command::Ledger(a) => cli::ledger::run(a),
         Command::Archive(a) => cli::ledger::run_archive(a),
+        Command::Passwd(a) => cli::sftp::run_passwd(a),
     };
     match result {
         Ok(code) => code,

@@ -6,3 +6,4 @@ mod config;
 mod formats;
 mod pipeline;
 mod seal;
+mod sftp;

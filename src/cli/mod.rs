@@ -5,3 +5,4 @@ pub mod inspect;
 pub mod ledger;
 pub mod seal;
 pub mod serve;
+pub mod sftp;

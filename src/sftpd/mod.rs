@@ -106,6 +106,9 @@ pub(crate) enum UpEntry {
         mtime: u32,
         until: Instant,
     },
+    /// Refused; a stat answers with the reason until `until` (clients that ignore CLOSE
+    /// failures, like paramiko, check the upload with a stat).
+    Refused { reason: String, until: Instant },
 }
 
 #[derive(Default)]
@@ -138,7 +141,10 @@ impl Shared {
         let st = map.entry(acc.partner.clone()).or_default();
         let now = Instant::now();
         st.uploads
-            .retain(|_, e| !matches!(e, UpEntry::Accepted { until, .. } if *until <= now));
+            .retain(|_, e| match e {
+                UpEntry::Accepted { until, .. } | UpEntry::Refused { until, .. } => *until > now,
+                _ => true,
+            });
         f(st)
     }
 
@@ -216,6 +222,27 @@ impl Shared {
         });
     }
 
+    pub(crate) fn refused(&self, acc: &AccountCtx, name: &str, reason: String) {
+        let grace = self.settings.upload_grace;
+        self.with_account(acc, |st| {
+            st.uploads.insert(
+                name.to_string(),
+                UpEntry::Refused {
+                    reason,
+                    until: Instant::now() + grace,
+                },
+            )
+        });
+    }
+
+    /// Why the last upload under `name` was refused, while that is still shown.
+    pub(crate) fn refusal(&self, acc: &AccountCtx, name: &str) -> Option<String> {
+        self.with_account(acc, |st| match st.uploads.get(name)? {
+            UpEntry::Refused { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
     /// Size and time of an upload visible in `/upload` (parked, accepted, or being written
     /// in another session).
     pub(crate) fn upload_entry(&self, acc: &AccountCtx, name: &str) -> Option<(u64, u32)> {
@@ -223,6 +250,7 @@ impl Shared {
             UpEntry::Writing => Some((0, now_secs())),
             UpEntry::Parked(p) => Some((p.size, p.mtime)),
             UpEntry::Accepted { size, mtime, .. } => Some((*size, *mtime)),
+            UpEntry::Refused { .. } => None,
         })
     }
 
@@ -242,7 +270,7 @@ impl Shared {
                 .uploads
                 .iter()
                 .filter_map(|(n, e)| match e {
-                    UpEntry::Writing => None,
+                    UpEntry::Writing | UpEntry::Refused { .. } => None,
                     UpEntry::Parked(p) => Some((n.clone(), p.size, p.mtime)),
                     UpEntry::Accepted { size, mtime, .. } => Some((n.clone(), *size, *mtime)),
                 })

@@ -591,8 +591,9 @@ impl Session {
                 Ok(ok(id))
             }
             Ok(Outcome::Refused { id: file_id, code, reason }) => {
-                self.shared.forget_writing(&self.account, &name);
-                Err(fail(StatusCode::Failure, format!("refused {name}: {code}: {reason} (ledger id {file_id}; a note is in /download)")))
+                let msg = format!("refused {name}: {code}: {reason} (ledger id {file_id}; a note is in /download)");
+                self.shared.refused(&self.account, &name, msg.clone());
+                Err(fail(StatusCode::Failure, msg))
             }
             Err(e) => {
                 self.shared.forget_writing(&self.account, &name);
@@ -619,6 +620,9 @@ impl Session {
                     _ => None,
                 }) {
                     return Ok(file_attrs(size, unix_secs(SystemTime::now()), 0o600));
+                }
+                if let Some(reason) = self.shared.refusal(&self.account, name) {
+                    return Err(fail(StatusCode::Failure, reason));
                 }
                 match self.shared.upload_entry(&self.account, name) {
                     Some((size, mtime)) => Ok(file_attrs(size, mtime, 0o600)),
