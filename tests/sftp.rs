@@ -71,7 +71,8 @@ fn tampered_order(seed: u64) -> Vec<u8> {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 fn text(o: &Output) -> String {
@@ -242,7 +243,10 @@ impl Gw {
             "-o".into(),
             "StrictHostKeyChecking=yes".into(),
             "-o".into(),
-            format!("UserKnownHostsFile={}", self.path().join("known_hosts").display()),
+            format!(
+                "UserKnownHostsFile={}",
+                self.path().join("known_hosts").display()
+            ),
             "-o".into(),
             "IdentitiesOnly=yes".into(),
             "-o".into(),
@@ -377,7 +381,11 @@ fn openssh_sftp_sealed_upload_is_delivered_and_tampered_one_is_refused_at_close(
     assert_eq!(l.len(), 1, "{l:?}");
     assert_eq!(l[0]["source"], "sftp");
     assert!(wait_for(|| g.outbox().len() == 1), "{}", g.log());
-    assert_eq!(fs::read(&g.outbox()[0]).unwrap(), good, "delivered byte-identical");
+    assert_eq!(
+        fs::read(&g.outbox()[0]).unwrap(),
+        good,
+        "delivered byte-identical"
+    );
 
     // Refused twin: a tampered file fails at CLOSE, is quarantined, and a note appears.
     g.write("pay2.txt", &tampered_order(2));
@@ -388,7 +396,10 @@ fn openssh_sftp_sealed_upload_is_delivered_and_tampered_one_is_refused_at_close(
     assert_eq!(q.len(), 1, "{l:?}");
     let (ok, out) = g.sftp("ls -1 /download\n");
     assert!(ok, "{out}");
-    assert!(out.contains("REJECTED-"), "rejection note in /download: {out}");
+    assert!(
+        out.contains("REJECTED-"),
+        "rejection note in /download: {out}"
+    );
     assert_eq!(g.outbox().len(), 1, "nothing more reached the bank");
 
     // paramiko shows the one-line reason the ERP logs.
@@ -398,7 +409,10 @@ fn openssh_sftp_sealed_upload_is_delivered_and_tampered_one_is_refused_at_close(
         &[],
     );
     assert!(out.contains("put ERR"), "{out}");
-    assert!(out.contains("seal:content-changed") || out.contains("seal"), "{out}");
+    assert!(
+        out.contains("seal:content-changed") || out.contains("seal"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -430,17 +444,32 @@ attempt('rename-again', lambda: s.rename('/upload/pay.txt', '/upload/other.txt')
         )],
     );
     assert!(out.contains("put-tmp OK"), "{out}\n{}", g.log());
-    assert!(out.contains("LEDGER-AFTER-PUT 0"), "nothing ingested before the rename: {out}");
+    assert!(
+        out.contains("LEDGER-AFTER-PUT 0"),
+        "nothing ingested before the rename: {out}"
+    );
     assert!(out.contains("pay.txt.filepart"), "{out}");
     assert!(out.contains("rename OK"), "{out}\n{}", g.log());
-    assert!(out.contains("stat-after OK"), "accepted file stays visible: {out}");
+    assert!(
+        out.contains("stat-after OK"),
+        "accepted file stays visible: {out}"
+    );
     assert!(out.contains("utime OK"), "setting times is accepted: {out}");
-    assert!(out.contains("read-back ERR"), "reading back is not offered: {out}");
+    assert!(
+        out.contains("read-back ERR"),
+        "reading back is not offered: {out}"
+    );
     assert!(out.contains("posix-rename OK"), "{out}");
-    assert!(out.contains("rename-again ERR"), "an accepted file cannot be renamed: {out}");
+    assert!(
+        out.contains("rename-again ERR"),
+        "an accepted file cannot be renamed: {out}"
+    );
     let l = g.ledger();
     assert_eq!(l.len(), 2, "each ingested exactly once: {l:?}");
-    let names: Vec<_> = l.iter().map(|r| r["original_name"].as_str().unwrap_or("").to_string()).collect();
+    let names: Vec<_> = l
+        .iter()
+        .map(|r| r["original_name"].as_str().unwrap_or("").to_string())
+        .collect();
     assert!(names.contains(&"pay.txt".to_string()), "{names:?} / {l:?}");
 }
 
@@ -477,10 +506,27 @@ attempt('realpath', lambda: s.normalize('/upload/../download'))
         &[],
     );
     assert!(out.contains("root OK ['download', 'upload']"), "{out}");
-    assert!(out.contains("download OK ['receipt.txt']"), "links and other accounts are not listed: {out}");
+    assert!(
+        out.contains("download OK ['receipt.txt']"),
+        "links and other accounts are not listed: {out}"
+    );
     assert!(out.contains("own OK b'for demo'"), "{out}");
-    for refused in ["dotdot", "dotdot2", "abs", "other", "link", "symlink", "mkdir", "rmdir", "write-download", "backslash"] {
-        assert!(out.contains(&format!("{refused} ERR")), "{refused} must be refused: {out}");
+    for refused in [
+        "dotdot",
+        "dotdot2",
+        "abs",
+        "other",
+        "link",
+        "symlink",
+        "mkdir",
+        "rmdir",
+        "write-download",
+        "backslash",
+    ] {
+        assert!(
+            out.contains(&format!("{refused} ERR")),
+            "{refused} must be refused: {out}"
+        );
     }
     assert!(out.contains("realpath OK /download"), "{out}");
     assert!(!out.contains("acme only"), "{out}");
@@ -496,10 +542,14 @@ fn download_folder_lists_reads_and_deletes_with_openssh_sftp() {
     fs::create_dir_all(g.download_dir("demo")).unwrap();
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(g.download_dir("demo").join("return-1.dat"), &body).unwrap();
-    let (ok, out) = g.sftp("ls -l /download\nget /download/return-1.dat got.dat\nrm /download/return-1.dat\n");
+    let (ok, out) =
+        g.sftp("ls -l /download\nget /download/return-1.dat got.dat\nrm /download/return-1.dat\n");
     assert!(ok, "{out}\n{}", g.log());
     assert_eq!(fs::read(g.path().join("got.dat")).unwrap(), body);
-    assert!(!g.download_dir("demo").join("return-1.dat").exists(), "deleted after fetching");
+    assert!(
+        !g.download_dir("demo").join("return-1.dat").exists(),
+        "deleted after fetching"
+    );
     // Refused twins: removing what is not there, and getting from /upload.
     let (ok, _) = g.sftp("rm /download/return-1.dat\n");
     assert!(!ok);
@@ -513,17 +563,39 @@ fn scp_uploads_in_sftp_mode_and_legacy_scp_is_refused_without_hanging() {
     let f = g.write("scp-pay.txt", &good_order(20));
     let dest = format!("demo@127.0.0.1:/upload/scp-pay.txt");
     let mut c = Command::new("timeout");
-    c.arg("120").arg("scp").args(g.ssh_opts()).arg("-i").arg(g.key()).arg("-P").arg(g.port.to_string());
+    c.arg("120")
+        .arg("scp")
+        .args(g.ssh_opts())
+        .arg("-i")
+        .arg(g.key())
+        .arg("-P")
+        .arg(g.port.to_string());
     let o = run(c.arg(&f).arg(&dest));
     assert!(o.status.success(), "{}\n{}", text(&o), g.log());
     assert_eq!(g.ledger().len(), 1);
 
     let f2 = g.write("scp-pay2.txt", &good_order(21));
     let mut c = Command::new("timeout");
-    c.arg("60").arg("scp").arg("-O").args(g.ssh_opts()).arg("-i").arg(g.key()).arg("-P").arg(g.port.to_string());
+    c.arg("60")
+        .arg("scp")
+        .arg("-O")
+        .args(g.ssh_opts())
+        .arg("-i")
+        .arg(g.key())
+        .arg("-P")
+        .arg(g.port.to_string());
     let o = run(c.arg(&f2).arg("demo@127.0.0.1:/upload/scp-pay2.txt"));
-    assert!(!o.status.success(), "legacy scp must be refused: {}", text(&o));
-    assert_ne!(o.status.code(), Some(124), "legacy scp must not hang: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "legacy scp must be refused: {}",
+        text(&o)
+    );
+    assert_ne!(
+        o.status.code(),
+        Some(124),
+        "legacy scp must not hang: {}",
+        text(&o)
+    );
     assert_eq!(g.ledger().len(), 1, "nothing ingested by legacy scp");
     // A shell is refused too, cleanly.
     let o = run(Command::new("timeout")
@@ -556,8 +628,16 @@ print('CUT')
         &[],
     );
     assert!(out.contains("CUT"), "{out}");
-    assert!(wait_for(|| g.log().contains("sftp.upload.abandoned")), "{}", g.log());
-    assert!(wait_for(|| g.incoming_temps().is_empty()), "partial data removed: {:?}", g.incoming_temps());
+    assert!(
+        wait_for(|| g.log().contains("sftp.upload.abandoned")),
+        "{}",
+        g.log()
+    );
+    assert!(
+        wait_for(|| g.incoming_temps().is_empty()),
+        "partial data removed: {:?}",
+        g.incoming_temps()
+    );
     assert!(g.ledger().is_empty(), "nothing ingested");
     // Nothing else affected: the next upload works.
     g.write("after.txt", &good_order(30));
@@ -584,7 +664,11 @@ fn passwords_wrong_keys_and_unknown_users_look_alike_and_a_burst_bans_the_addres
     let (ok2, unknown) = g.sftp_as("nobody", &g.key(), "ls\n");
     assert!(!ok1 && !ok2);
     let tail = |s: &str| s.lines().last().unwrap_or("").replace("nobody", "demo");
-    assert_eq!(tail(&wrong_key), tail(&unknown), "{wrong_key}\n---\n{unknown}");
+    assert_eq!(
+        tail(&wrong_key),
+        tail(&unknown),
+        "{wrong_key}\n---\n{unknown}"
+    );
 
     // A burst of wrong passwords bans the address (ban_failures = 3): even the right
     // password is refused then; the ban expires (ban_seconds = 2).
@@ -596,8 +680,14 @@ attempt('banned', lambda: connect('acme', password=os.environ['PW']))
 "#,
         &[("PW", ACME_PASSWORD)],
     );
-    assert!(out.contains("wrong0 ERR") && out.contains("wrong2 ERR"), "{out}");
-    assert!(out.contains("banned ERR"), "right password refused while banned: {out}");
+    assert!(
+        out.contains("wrong0 ERR") && out.contains("wrong2 ERR"),
+        "{out}"
+    );
+    assert!(
+        out.contains("banned ERR"),
+        "right password refused while banned: {out}"
+    );
     assert!(g.log().contains("alert.sftp_ban"), "{}", g.log());
     let mut after = String::new();
     let expired = wait_for(|| {
@@ -608,4 +698,157 @@ attempt('banned', lambda: connect('acme', password=os.environ['PW']))
         after.contains("after OK")
     });
     assert!(expired, "the ban expires: {after}\n{}", g.log());
+}
+
+#[test]
+fn rclone_uploads_with_and_without_hash_check_and_downloads() {
+    let g = Gw::start();
+    fs::create_dir_all(g.download_dir("demo")).unwrap();
+    fs::write(g.download_dir("demo").join("ret.dat"), b"bank return\r\n").unwrap();
+    let rclone = |extra: &[&str], args: &[&str]| {
+        let o = run(Command::new("timeout")
+            .arg("120")
+            .arg("rclone")
+            .args([
+                "--config",
+                "/dev/null",
+                "--sftp-host",
+                "127.0.0.1",
+                "--sftp-user",
+                "demo",
+                "--retries",
+                "1",
+                "--low-level-retries",
+                "1",
+            ])
+            .arg("--sftp-port")
+            .arg(g.port.to_string())
+            .arg("--sftp-key-file")
+            .arg(g.key())
+            .arg("--sftp-known-hosts-file")
+            .arg(g.path().join("known_hosts"))
+            .args(extra)
+            .args(args)
+            .current_dir(g.path()));
+        (o.status.success(), text(&o))
+    };
+    g.write("r1.txt", &good_order(40));
+    g.write("r2.txt", &good_order(41));
+    let (ok, out) = rclone(&[], &["copyto", "r1.txt", ":sftp:/upload/r1.txt"]);
+    assert!(ok, "{out}\n{}", g.log());
+    let (ok, out) = rclone(
+        &["--sftp-disable-hashcheck"],
+        &["copyto", "r2.txt", ":sftp:/upload/r2.txt"],
+    );
+    assert!(ok, "{out}\n{}", g.log());
+    assert_eq!(g.ledger().len(), 2);
+    let (ok, out) = rclone(&[], &["copyto", ":sftp:/download/ret.dat", "got.dat"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        fs::read(g.path().join("got.dat")).unwrap(),
+        b"bank return\r\n"
+    );
+    // Refused twin: a tampered file is reported as a failure.
+    g.write("r3.txt", &tampered_order(42));
+    let (ok, out) = rclone(
+        &["--sftp-disable-hashcheck"],
+        &["copyto", "r3.txt", ":sftp:/upload/r3.txt"],
+    );
+    assert!(!ok, "{out}");
+    assert_eq!(
+        g.ledger()
+            .iter()
+            .filter(|r| r["state"] == "quarantined")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn lftp_uploads_and_lists_over_sftp() {
+    let g = Gw::start();
+    g.write("l1.txt", &good_order(50));
+    g.write("l2.txt", &tampered_order(51));
+    let ssh = format!(
+        "ssh -a -x -i {} -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes",
+        g.key().display(),
+        g.path().join("known_hosts").display()
+    );
+    let lftp = |cmds: &str| {
+        let o = run(Command::new("timeout")
+            .arg("120")
+            .arg("lftp")
+            .arg("-e")
+            .arg(format!(
+                "set sftp:connect-program \"{ssh}\"; set net:max-retries 1; set cmd:fail-exit yes; {cmds}; bye"
+            ))
+            .arg(format!("sftp://demo:@127.0.0.1:{}", g.port))
+            .current_dir(g.path()));
+        (o.status.success(), text(&o))
+    };
+    let (ok, out) = lftp("put l1.txt -o /upload/l1.txt; cls -1 /upload");
+    assert!(ok, "{out}\n{}", g.log());
+    assert!(out.contains("l1.txt"), "{out}");
+    assert_eq!(g.ledger().len(), 1);
+    let (ok, out) = lftp("put l2.txt -o /upload/l2.txt");
+    assert!(!ok, "tampered upload must fail: {out}");
+    let (ok, out) = lftp("cls -1 /download");
+    assert!(ok, "{out}");
+    assert!(out.contains("REJECTED-"), "{out}");
+}
+
+#[test]
+fn putty_psftp_uploads_with_a_password() {
+    let g = Gw::start();
+    let o = run(Command::new("ssh-keygen")
+        .arg("-l")
+        .arg("-E")
+        .arg("sha256")
+        .arg("-f")
+        .arg(g.path().join("keys/ssh_host_ed25519_key.pub")));
+    let fp = text(&o).split_whitespace().nth(1).unwrap().to_string();
+    g.write("p1.txt", &lb_order("0050501055", 2, 60));
+    g.write(
+        "script",
+        b"put p1.txt /upload/p1.txt\nls /upload\nls /download\n",
+    );
+    let o = run(Command::new("timeout")
+        .arg("120")
+        .arg("psftp")
+        .args([
+            "-batch",
+            "-pw",
+            ACME_PASSWORD,
+            "-hostkey",
+            &fp,
+            "-b",
+            "script",
+            "-P",
+        ])
+        .arg(g.port.to_string())
+        .arg("acme@127.0.0.1")
+        .current_dir(g.path()));
+    assert!(o.status.success(), "{}\n{}", text(&o), g.log());
+    let l = g.ledger();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["partner"], "acme");
+    // Refused twin: a wrong host key is refused by psftp (and the password not sent).
+    let o = run(Command::new("timeout")
+        .arg("60")
+        .arg("psftp")
+        .args([
+            "-batch",
+            "-pw",
+            ACME_PASSWORD,
+            "-hostkey",
+            "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "-b",
+            "script",
+            "-P",
+        ])
+        .arg(g.port.to_string())
+        .arg("acme@127.0.0.1")
+        .current_dir(g.path()));
+    assert!(!o.status.success());
+    assert_eq!(g.ledger().len(), 1);
 }

@@ -98,7 +98,9 @@ fn generate_key(k: &PendingKey) -> anyhow::Result<()> {
         PendingKeyKind::SshClientKey => {
             let private = keys::client_key_path(&k.path, &k.partner);
             let fp = keys::generate_client_key(&private, &k.path, &format!("{}@sluss", k.partner))
-                .with_context(|| format!("generating the SFTP client key of partner {}", k.partner))?;
+                .with_context(|| {
+                    format!("generating the SFTP client key of partner {}", k.partner)
+                })?;
             tracing::warn!(
                 event = "key.generated",
                 partner = %k.partner,

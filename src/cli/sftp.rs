@@ -18,7 +18,9 @@ pub fn run_passwd(_a: PasswdArgs) -> anyhow::Result<ExitCode> {
         .context("reading the password from standard input")?;
     let pw = line.trim_end_matches(['\r', '\n']);
     if pw.is_empty() {
-        bail!("no password on standard input (fix: `printf '%s\\n' 'the password' | sluss passwd`)");
+        bail!(
+            "no password on standard input (fix: `printf '%s\\n' 'the password' | sluss passwd`)"
+        );
     }
     let hash = argon2::Argon2::default()
         .hash_password(pw.as_bytes())

@@ -200,7 +200,9 @@ pub(super) fn server(
             is.push(issue(
                 "sftp.listen",
                 format!("`{listen_text}` is not an address and port"),
-                format!("write e.g. \"{DEFAULT_LISTEN}\" (or \"[::1]:2222\"; port 0 picks a free one)"),
+                format!(
+                    "write e.g. \"{DEFAULT_LISTEN}\" (or \"[::1]:2222\"; port 0 picks a free one)"
+                ),
             ));
             SocketAddr::from(([127, 0, 0, 1], 2222))
         }
@@ -270,7 +272,10 @@ pub(super) fn server(
         }
     }
     let patterns: Vec<String> = match &r.temp_name_patterns {
-        None => DEFAULT_TEMP_PATTERNS.iter().map(|s| s.to_string()).collect(),
+        None => DEFAULT_TEMP_PATTERNS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         Some(list) => list.clone(),
     };
     for (i, pat) in patterns.iter().enumerate() {
@@ -282,10 +287,38 @@ pub(super) fn server(
             ));
         }
     }
-    let failures = int(&mut is, "sftp.ban_failures", r.ban_failures, 1, 10_000, DEFAULT_BAN_FAILURES);
-    let window = int(&mut is, "sftp.ban_window_seconds", r.ban_window_seconds, 1, MAX_SECONDS, DEFAULT_BAN_WINDOW_SECONDS);
-    let first = int(&mut is, "sftp.ban_seconds", r.ban_seconds, 1, MAX_SECONDS, DEFAULT_BAN_SECONDS);
-    let max = int(&mut is, "sftp.ban_max_seconds", r.ban_max_seconds, 1, MAX_SECONDS, DEFAULT_BAN_MAX_SECONDS.max(first));
+    let failures = int(
+        &mut is,
+        "sftp.ban_failures",
+        r.ban_failures,
+        1,
+        10_000,
+        DEFAULT_BAN_FAILURES,
+    );
+    let window = int(
+        &mut is,
+        "sftp.ban_window_seconds",
+        r.ban_window_seconds,
+        1,
+        MAX_SECONDS,
+        DEFAULT_BAN_WINDOW_SECONDS,
+    );
+    let first = int(
+        &mut is,
+        "sftp.ban_seconds",
+        r.ban_seconds,
+        1,
+        MAX_SECONDS,
+        DEFAULT_BAN_SECONDS,
+    );
+    let max = int(
+        &mut is,
+        "sftp.ban_max_seconds",
+        r.ban_max_seconds,
+        1,
+        MAX_SECONDS,
+        DEFAULT_BAN_MAX_SECONDS.max(first),
+    );
     if max < first {
         is.push(issue(
             "sftp.ban_max_seconds",
@@ -297,7 +330,14 @@ pub(super) fn server(
     let s = SftpServer {
         listen,
         host_key_files,
-        max_sessions: int(&mut is, "sftp.max_sessions", r.max_sessions, 1, MAX_MAX_SESSIONS, DEFAULT_MAX_SESSIONS),
+        max_sessions: int(
+            &mut is,
+            "sftp.max_sessions",
+            r.max_sessions,
+            1,
+            MAX_MAX_SESSIONS,
+            DEFAULT_MAX_SESSIONS,
+        ),
         max_sessions_per_account: int(
             &mut is,
             "sftp.max_sessions_per_account",
@@ -307,11 +347,34 @@ pub(super) fn server(
             DEFAULT_MAX_SESSIONS_PER_ACCOUNT,
         ),
         idle_timeout: Duration::from_secs(
-            int(&mut is, "sftp.idle_timeout_seconds", r.idle_timeout_seconds, 1, MAX_IDLE_TIMEOUT_SECONDS, DEFAULT_IDLE_TIMEOUT_SECONDS).into(),
+            int(
+                &mut is,
+                "sftp.idle_timeout_seconds",
+                r.idle_timeout_seconds,
+                1,
+                MAX_IDLE_TIMEOUT_SECONDS,
+                DEFAULT_IDLE_TIMEOUT_SECONDS,
+            )
+            .into(),
         ),
-        max_file_size: u64::from(int(&mut is, "sftp.max_file_size_mb", r.max_file_size_mb, 1, MAX_FILE_SIZE_MB, DEFAULT_MAX_FILE_SIZE_MB)) << 20,
+        max_file_size: u64::from(int(
+            &mut is,
+            "sftp.max_file_size_mb",
+            r.max_file_size_mb,
+            1,
+            MAX_FILE_SIZE_MB,
+            DEFAULT_MAX_FILE_SIZE_MB,
+        )) << 20,
         upload_grace: Duration::from_secs(
-            int(&mut is, "sftp.upload_grace_seconds", r.upload_grace_seconds, 0, MAX_SECONDS, DEFAULT_UPLOAD_GRACE_SECONDS).into(),
+            int(
+                &mut is,
+                "sftp.upload_grace_seconds",
+                r.upload_grace_seconds,
+                0,
+                MAX_SECONDS,
+                DEFAULT_UPLOAD_GRACE_SECONDS,
+            )
+            .into(),
         ),
         temp_name_patterns: patterns,
         ban: BanPolicy {
@@ -422,7 +485,9 @@ pub(super) fn account(
     }
     if keys.is_empty()
         && password_hash.is_none()
-        && !pending.iter().any(|p| p.partner == partner_id && p.kind == PendingKeyKind::SshClientKey)
+        && !pending
+            .iter()
+            .any(|p| p.partner == partner_id && p.kind == PendingKeyKind::SshClientKey)
         && is.is_empty()
     {
         is.push(issue(
@@ -432,12 +497,26 @@ pub(super) fn account(
         ));
     }
     let allowed_networks = networks(&mut is, "sftp.allowed_networks", &r.allowed_networks);
-    let max_sessions = r
-        .max_sessions
-        .map(|v| int(&mut is, "sftp.max_sessions", Some(v), 1, MAX_MAX_SESSIONS, 1));
-    let quota = r
-        .quota_mb
-        .map(|v| u64::from(int(&mut is, "sftp.quota_mb", Some(v), 1, MAX_FILE_SIZE_MB, 1)) << 20);
+    let max_sessions = r.max_sessions.map(|v| {
+        int(
+            &mut is,
+            "sftp.max_sessions",
+            Some(v),
+            1,
+            MAX_MAX_SESSIONS,
+            1,
+        )
+    });
+    let quota = r.quota_mb.map(|v| {
+        u64::from(int(
+            &mut is,
+            "sftp.quota_mb",
+            Some(v),
+            1,
+            MAX_FILE_SIZE_MB,
+            1,
+        )) << 20
+    });
     (
         SftpAccount {
             username,

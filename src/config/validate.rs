@@ -170,7 +170,14 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
     let jobs_dir = resolve(&abs_dir, &jobs_dir_raw);
     let jobs_shown = dir.join(&jobs_dir_raw);
     let mut pending = Vec::new();
-    let sftp = sftp_server(&main_file, main_raw.as_ref(), &abs_dir, &keys_dir, &mut pending, &mut p);
+    let sftp = sftp_server(
+        &main_file,
+        main_raw.as_ref(),
+        &abs_dir,
+        &keys_dir,
+        &mut pending,
+        &mut p,
+    );
 
     let env = Env {
         dir: &abs_dir,
@@ -1110,7 +1117,10 @@ fn sftp_usernames(drafts: &[Draft], p: &mut Problems) {
                 &d.shown,
                 None,
                 "sftp.username",
-                format!("SFTP username `{}` is also used by partner {first}", a.username),
+                format!(
+                    "SFTP username `{}` is also used by partner {first}",
+                    a.username
+                ),
                 "give each partner its own username",
             );
         }

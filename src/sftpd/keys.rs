@@ -17,7 +17,9 @@ pub enum KeyError {
     Generate(ssh_key::Error),
     #[error(transparent)]
     Write(#[from] spool::SpoolError),
-    #[error("cannot read host key {path}: {detail} (fix: remove it to have one generated, or make one with `sluss keygen host`)")]
+    #[error(
+        "cannot read host key {path}: {detail} (fix: remove it to have one generated, or make one with `sluss keygen host`)"
+    )]
     Read { path: PathBuf, detail: String },
 }
 
@@ -105,10 +107,7 @@ pub fn generate_client_key(
         openssh_text(&key)?.as_bytes(),
         spool::MODE_SECRET,
     )?;
-    let line = key
-        .public_key()
-        .to_openssh()
-        .map_err(KeyError::Generate)?;
+    let line = key.public_key().to_openssh().map_err(KeyError::Generate)?;
     spool::write_new_file(
         authorized_keys,
         format!("{line}\n").as_bytes(),

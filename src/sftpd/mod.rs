@@ -71,7 +71,9 @@ pub enum SftpdError {
     NotConfigured,
     #[error(transparent)]
     Key(#[from] keys::KeyError),
-    #[error("cannot listen on {addr}: {source} (fix: free the port or change sftp.listen in sluss.toml)")]
+    #[error(
+        "cannot listen on {addr}: {source} (fix: free the port or change sftp.listen in sluss.toml)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -108,7 +110,10 @@ pub(crate) enum UpEntry {
     },
     /// Refused; a stat answers with the reason until `until` (clients that ignore CLOSE
     /// failures, like paramiko, check the upload with a stat).
-    Refused { reason: String, until: Instant },
+    Refused {
+        reason: String,
+        until: Instant,
+    },
 }
 
 #[derive(Default)]
@@ -140,11 +145,10 @@ impl Shared {
         let mut map = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         let st = map.entry(acc.partner.clone()).or_default();
         let now = Instant::now();
-        st.uploads
-            .retain(|_, e| match e {
-                UpEntry::Accepted { until, .. } | UpEntry::Refused { until, .. } => *until > now,
-                _ => true,
-            });
+        st.uploads.retain(|_, e| match e {
+            UpEntry::Accepted { until, .. } | UpEntry::Refused { until, .. } => *until > now,
+            _ => true,
+        });
         f(st)
     }
 
@@ -369,12 +373,13 @@ impl Server {
         for (k, path) in host_keys.iter().zip(&settings.host_key_files) {
             tracing::info!(event = "sftp.host_key", algorithm = %k.algorithm(), fingerprint = %keys::fingerprint(k.public_key()), path = %path.display(), "SSH host key {} {}", k.algorithm(), keys::fingerprint(k.public_key()));
         }
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| SftpdError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| SftpdError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| SftpdError::Bind {
             addr: settings.listen,
             source,
@@ -485,7 +490,11 @@ impl Server {
                 }
             }
         }
-        tracing::info!(event = "sftp.stopping", sessions = tasks.len(), "SFTP server stops accepting");
+        tracing::info!(
+            event = "sftp.stopping",
+            sessions = tasks.len(),
+            "SFTP server stops accepting"
+        );
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -629,11 +638,22 @@ impl Conn {
         true
     }
 
-    fn refuse_channel_request(&self, what: &str, channel: ChannelId, session: &mut SshSession) -> Result<(), russh::Error> {
-        let user = self.account.as_ref().map(|a| a.ctx.username.as_str()).unwrap_or("");
+    fn refuse_channel_request(
+        &self,
+        what: &str,
+        channel: ChannelId,
+        session: &mut SshSession,
+    ) -> Result<(), russh::Error> {
+        let user = self
+            .account
+            .as_ref()
+            .map(|a| a.ctx.username.as_str())
+            .unwrap_or("");
         tracing::warn!(event = "sftp.refused", peer = %self.peer, user, op = what, "refused {what}: only SFTP is offered");
         session.channel_failure(channel)?;
-        let msg = format!("sluss: {what} is not offered here; only SFTP (use sftp, or scp without -O)\r\n");
+        let msg = format!(
+            "sluss: {what} is not offered here; only SFTP (use sftp, or scp without -O)\r\n"
+        );
         session.extended_data(channel, 1, msg.into_bytes())?;
         session.exit_status_request(channel, 1)?;
         session.eof(channel)?;
@@ -658,7 +678,9 @@ impl russh::server::Handler for Conn {
             return Ok(Auth::reject());
         }
         Ok(match self.precheck(user) {
-            Precheck::Ok(p) if Self::key_allowed(p, offer.public_key, offer.algorithm) => Auth::Accept,
+            Precheck::Ok(p) if Self::key_allowed(p, offer.public_key, offer.algorithm) => {
+                Auth::Accept
+            }
             _ => Auth::reject(),
         })
     }
@@ -702,7 +724,11 @@ impl russh::server::Handler for Conn {
         let (hash, why, partner) = match self.precheck(user) {
             Precheck::Ok(p) => match p.sftp.as_ref().and_then(|a| a.password_hash.clone()) {
                 Some(h) => (h, "wrong password", Some(p.id.clone())),
-                None => (self.shared.dummy_hash.clone(), "the account has no password", None),
+                None => (
+                    self.shared.dummy_hash.clone(),
+                    "the account has no password",
+                    None,
+                ),
             },
             Precheck::Refused(why) => (self.shared.dummy_hash.clone(), why, None),
         };
@@ -756,11 +782,17 @@ impl russh::server::Handler for Conn {
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
         tracing::warn!(event = "sftp.refused", peer = %self.peer, op = "port-forwarding", "refused port forwarding to {host}:{port}");
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut SshSession) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }
@@ -806,7 +838,11 @@ impl russh::server::Handler for Conn {
         self.refuse_channel_request(&format!("exec ({first})"), channel, session)
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut SshSession) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
         self.refuse_channel_request("shell", channel, session)
     }
 
@@ -840,12 +876,21 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
-    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut SshSession) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut SshSession,
+    ) -> Result<bool, Self::Error> {
         tracing::warn!(event = "sftp.refused", peer = %self.peer, op = "agent-forwarding", "refused agent forwarding");
         Ok(false)
     }
 
-    async fn tcpip_forward(&mut self, address: &str, port: &mut u32, _session: &mut SshSession) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut SshSession,
+    ) -> Result<bool, Self::Error> {
         tracing::warn!(event = "sftp.refused", peer = %self.peer, op = "remote-forwarding", "refused remote forwarding of {address}:{port}");
         Ok(false)
     }

@@ -66,7 +66,10 @@ fn fail(code: StatusCode, msg: impl Into<String>) -> (StatusCode, String) {
 }
 
 fn unix_secs(t: SystemTime) -> u32 {
-    let s = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let s = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     u32::try_from(s).unwrap_or(u32::MAX)
 }
 
@@ -129,7 +132,10 @@ struct OpenUpload {
     limit_reason: &'static str,
 }
 
-fn start_writer(upload: Upload, resumed_size: u64) -> (mpsc::Sender<WriterCmd>, tokio::task::JoinHandle<WriterDone>) {
+fn start_writer(
+    upload: Upload,
+    resumed_size: u64,
+) -> (mpsc::Sender<WriterCmd>, tokio::task::JoinHandle<WriterDone>) {
     let (tx, mut rx) = mpsc::channel::<WriterCmd>(WRITE_QUEUE);
     let worker = tokio::task::spawn_blocking(move || {
         let mut hasher = (resumed_size == 0).then(Sha256::new);
@@ -230,7 +236,9 @@ impl Session {
             // out together.
             let pending = r.buffer();
             let whole = pending.len() >= 4
-                && pending.len() >= 4 + u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
+                && pending.len()
+                    >= 4 + u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]])
+                        as usize;
             if !whole && w.flush().await.is_err() {
                 break;
             }
@@ -339,8 +347,12 @@ impl Session {
                 }
                 Err(e) => Err(e),
             },
-            Packet::MkDir(m) => Err(self.refuse("mkdir", &m.path, "only /upload and /download exist")),
-            Packet::RmDir(m) => Err(self.refuse("rmdir", &m.path, "only /upload and /download exist")),
+            Packet::MkDir(m) => {
+                Err(self.refuse("mkdir", &m.path, "only /upload and /download exist"))
+            }
+            Packet::RmDir(m) => {
+                Err(self.refuse("rmdir", &m.path, "only /upload and /download exist"))
+            }
             Packet::Symlink(s) => Err(self.refuse("symlink", &s.linkpath, "links are not offered")),
             Packet::ReadLink(s) => Err(self.refuse("readlink", &s.path, "links are not offered")),
             Packet::Extended(e) => self.extended(e.id, &e.request, &e.data).await,
@@ -357,17 +369,25 @@ impl Session {
     fn resolve(&self, op: &str, path: &str) -> Result<Node, (StatusCode, String)> {
         match vfs::resolve(path) {
             Ok(n) => Ok(n),
-            Err(PathError::Escape(why)) => Err(self.refuse(op, path, &format!("path outside your folders ({why})"))),
+            Err(PathError::Escape(why)) => {
+                Err(self.refuse(op, path, &format!("path outside your folders ({why})")))
+            }
             Err(PathError::NotFound) => {
                 tracing::info!(event = "sftp.not_found", user = %self.account.username, peer = %self.account.peer, op, path = %path.escape_debug(), "{op}: no such path");
-                Err(fail(StatusCode::NoSuchFile, "no such file: only /upload and /download exist"))
+                Err(fail(
+                    StatusCode::NoSuchFile,
+                    "no such file: only /upload and /download exist",
+                ))
             }
         }
     }
 
     fn new_handle(&mut self, h: Handle_) -> Result<String, (StatusCode, String)> {
         if self.handles.len() >= MAX_HANDLES {
-            return Err(fail(StatusCode::Failure, format!("too many open handles (at most {MAX_HANDLES}); close some")));
+            return Err(fail(
+                StatusCode::Failure,
+                format!("too many open handles (at most {MAX_HANDLES}); close some"),
+            ));
         }
         self.next_handle += 1;
         let name = self.next_handle.to_string();
@@ -379,7 +399,10 @@ impl Session {
         use russh_sftp::protocol::OpenFlags as F;
         let node = self.resolve("open", path)?;
         if self.handles.len() >= MAX_HANDLES {
-            return Err(fail(StatusCode::Failure, format!("too many open handles (at most {MAX_HANDLES}); close some")));
+            return Err(fail(
+                StatusCode::Failure,
+                format!("too many open handles (at most {MAX_HANDLES}); close some"),
+            ));
         }
         let writing = flags.intersects(F::WRITE | F::APPEND | F::CREATE | F::TRUNCATE);
         match node {
@@ -391,7 +414,11 @@ impl Session {
             }
             Node::Download(name) => {
                 if writing {
-                    return Err(self.refuse("write", path, "/download is read-only; upload into /upload"));
+                    return Err(self.refuse(
+                        "write",
+                        path,
+                        "/download is read-only; upload into /upload",
+                    ));
                 }
                 let file = self.open_download(&name)?;
                 let h = self.new_handle(Handle_::Read { file, name })?;
@@ -404,8 +431,18 @@ impl Session {
     /// Open a file of the download folder without following links: the opened file must be
     /// the regular file the folder lists (same device and inode as its lstat).
     fn open_download(&self, name: &str) -> Result<std::fs::File, (StatusCode, String)> {
-        let path = self.shared.pipeline.layout.download(&self.account.partner).join(name);
-        let not_found = || fail(StatusCode::NoSuchFile, format!("no such file: /download/{name}"));
+        let path = self
+            .shared
+            .pipeline
+            .layout
+            .download(&self.account.partner)
+            .join(name);
+        let not_found = || {
+            fail(
+                StatusCode::NoSuchFile,
+                format!("no such file: /download/{name}"),
+            )
+        };
         if name.starts_with('.') {
             return Err(not_found()); // in-flight deliveries are hidden
         }
@@ -416,25 +453,39 @@ impl Session {
         let f = std::fs::File::open(&path).map_err(|_| not_found())?;
         let m2 = f.metadata().map_err(|_| not_found())?;
         if m2.dev() != meta.dev() || m2.ino() != meta.ino() {
-            return Err(self.refuse("open", &format!("/download/{name}"), "the file changed while opening"));
+            return Err(self.refuse(
+                "open",
+                &format!("/download/{name}"),
+                "the file changed while opening",
+            ));
         }
         Ok(f)
     }
 
-    async fn open_upload(&mut self, id: u32, name: String, flags: russh_sftp::protocol::OpenFlags) -> Reply {
+    async fn open_upload(
+        &mut self,
+        id: u32,
+        name: String,
+        flags: russh_sftp::protocol::OpenFlags,
+    ) -> Reply {
         use russh_sftp::protocol::OpenFlags as F;
         let settings = &self.shared.settings;
         // Resume a closed temporary upload (WinSCP, lftp) unless the client truncates it.
         let parked = self.shared.take_parked(&self.account, &name);
         let (upload, start_size) = match parked {
-            Some(p) if !flags.contains(F::TRUNCATE) && !flags.contains(F::EXCLUDE) => (p.upload, p.size),
+            Some(p) if !flags.contains(F::TRUNCATE) && !flags.contains(F::EXCLUDE) => {
+                (p.upload, p.size)
+            }
             Some(p) => {
                 p.upload.abandon();
                 (self.new_upload()?, 0)
             }
             None => {
                 if !self.shared.mark_writing(&self.account, &name) {
-                    return Err(fail(StatusCode::Failure, format!("{name} is being uploaded in another session")));
+                    return Err(fail(
+                        StatusCode::Failure,
+                        format!("{name} is being uploaded in another session"),
+                    ));
                 }
                 match self.new_upload() {
                     Ok(u) => (u, 0),
@@ -446,7 +497,10 @@ impl Session {
             }
         };
         self.shared.set_writing(&self.account, &name);
-        let (mut limit, mut limit_reason) = (settings.max_file_size, "the file is larger than the server's maximum file size");
+        let (mut limit, mut limit_reason) = (
+            settings.max_file_size,
+            "the file is larger than the server's maximum file size",
+        );
         if let Some(q) = self.account.quota {
             let used = self.shared.used_bytes(&self.account);
             let left = q.saturating_sub(used) + start_size;
@@ -456,7 +510,14 @@ impl Session {
             }
         }
         let (tx, worker) = start_writer(upload, start_size);
-        let open = OpenUpload { name: name.clone(), tx, worker, size: start_size, limit, limit_reason };
+        let open = OpenUpload {
+            name: name.clone(),
+            tx,
+            worker,
+            size: start_size,
+            limit,
+            limit_reason,
+        };
         // Room for the handle was checked in `open`.
         let h = self.new_handle(Handle_::Upload(open))?;
         tracing::debug!(event = "sftp.upload.open", user = %self.account.username, name = %name);
@@ -481,7 +542,10 @@ impl Session {
         if end > u.limit {
             let reason = u.limit_reason;
             tracing::warn!(event = "sftp.upload.limit", user = %self.account.username, name = %u.name, limit = u.limit, "upload of {} refused at {end} bytes: {reason}", u.name);
-            return Err(fail(StatusCode::Failure, format!("{reason} (limit {} bytes)", u.limit)));
+            return Err(fail(
+                StatusCode::Failure,
+                format!("{reason} (limit {} bytes)", u.limit),
+            ));
         }
         u.size = u.size.max(end);
         if u.tx.send(WriterCmd::Write(offset, data)).await.is_err() {
@@ -498,7 +562,10 @@ impl Session {
             return status(StatusCode::Failure, "no such handle");
         };
         let Handle_::Read { file, .. } = h else {
-            return status(StatusCode::PermissionDenied, "files in /upload cannot be read back");
+            return status(
+                StatusCode::PermissionDenied,
+                "files in /upload cannot be read back",
+            );
         };
         let want = (len as usize).min(MAX_READ_WRITE as usize);
         // Build the DATA reply in place: length, type, id, data length, data.
@@ -544,31 +611,53 @@ impl Session {
             Ok(d) => d,
             Err(_) => {
                 self.shared.forget_writing(&self.account, &u.name);
-                return Err(fail(StatusCode::Failure, "the upload failed on the server; send it again"));
+                return Err(fail(
+                    StatusCode::Failure,
+                    "the upload failed on the server; send it again",
+                ));
             }
         };
         if let Some(e) = &done.error {
             tracing::error!(event = "sftp.upload.failed", user = %self.account.username, name = %u.name, "writing {} failed: {e}", u.name);
             self.shared.forget_writing(&self.account, &u.name);
             done.upload.abandon();
-            return Err(fail(StatusCode::Failure, "the server could not store the file (disk problem); it was NOT accepted; send it again later"));
+            return Err(fail(
+                StatusCode::Failure,
+                "the server could not store the file (disk problem); it was NOT accepted; send it again later",
+            ));
         }
         if vfs::is_temp_name(&self.shared.settings.temp_name_patterns, &u.name) {
             // Not final yet: kept until renamed to a final name (or the account's last
             // session ends).
-            self.shared.park(&self.account, &u.name, done.upload, done.sha256, done.size);
+            self.shared
+                .park(&self.account, &u.name, done.upload, done.sha256, done.size);
             return Ok(ok(id));
         }
-        self.hand_over(id, u.name, done.upload, done.sha256, done.size).await
+        self.hand_over(id, u.name, done.upload, done.sha256, done.size)
+            .await
     }
 
     /// Give a finished upload to the pipeline; the reply is the customer's receipt.
-    async fn hand_over(&mut self, id: u32, name: String, upload: Upload, sha256: Option<String>, size: u64) -> Reply {
+    async fn hand_over(
+        &mut self,
+        id: u32,
+        name: String,
+        upload: Upload,
+        sha256: Option<String>,
+        size: u64,
+    ) -> Reply {
         let pipeline = self.shared.pipeline.clone();
         let partner = self.account.partner.clone();
         let n = name.clone();
         let result = tokio::task::spawn_blocking(move || {
-            pipeline.ingest(&partner, "sftp", vec![Incoming { name: n, body: Body::Upload(upload, sha256) }])
+            pipeline.ingest(
+                &partner,
+                "sftp",
+                vec![Incoming {
+                    name: n,
+                    body: Body::Upload(upload, sha256),
+                }],
+            )
         })
         .await;
         let outcome = match result {
@@ -576,12 +665,18 @@ impl Session {
             Ok(Ok(_)) | Err(_) => {
                 self.shared.forget_writing(&self.account, &name);
                 tracing::error!(event = "sftp.ingest.failed", user = %self.account.username, name = %name, "the pipeline did not answer for {name}");
-                return Err(fail(StatusCode::Failure, "not accepted: internal error; send the file again"));
+                return Err(fail(
+                    StatusCode::Failure,
+                    "not accepted: internal error; send the file again",
+                ));
             }
             Ok(Err(e)) => {
                 self.shared.forget_writing(&self.account, &name);
                 tracing::error!(event = "sftp.ingest.failed", user = %self.account.username, name = %name, "{e}");
-                return Err(fail(StatusCode::Failure, "not accepted: the server could not record the file; send it again later"));
+                return Err(fail(
+                    StatusCode::Failure,
+                    "not accepted: the server could not record the file; send it again later",
+                ));
             }
         };
         match outcome {
@@ -590,8 +685,14 @@ impl Session {
                 tracing::info!(event = "sftp.upload.accepted", user = %self.account.username, peer = %self.account.peer, name = %name, file_id, size, "receipt sent for {name} (ledger id {file_id})");
                 Ok(ok(id))
             }
-            Ok(Outcome::Refused { id: file_id, code, reason }) => {
-                let msg = format!("refused {name}: {code}: {reason} (ledger id {file_id}; a note is in /download)");
+            Ok(Outcome::Refused {
+                id: file_id,
+                code,
+                reason,
+            }) => {
+                let msg = format!(
+                    "refused {name}: {code}: {reason} (ledger id {file_id}; a note is in /download)"
+                );
                 self.shared.refused(&self.account, &name, msg.clone());
                 Err(fail(StatusCode::Failure, msg))
             }
@@ -626,16 +727,29 @@ impl Session {
                 }
                 match self.shared.upload_entry(&self.account, name) {
                     Some((size, mtime)) => Ok(file_attrs(size, mtime, 0o600)),
-                    None => Err(fail(StatusCode::NoSuchFile, format!("no such file: /upload/{name}"))),
+                    None => Err(fail(
+                        StatusCode::NoSuchFile,
+                        format!("no such file: /upload/{name}"),
+                    )),
                 }
             }
             Node::Download(name) => {
-                let path = self.shared.pipeline.layout.download(&self.account.partner).join(name);
+                let path = self
+                    .shared
+                    .pipeline
+                    .layout
+                    .download(&self.account.partner)
+                    .join(name);
                 match std::fs::symlink_metadata(&path) {
-                    Ok(m) if m.file_type().is_file() && !name.starts_with('.') => {
-                        Ok(file_attrs(m.len(), unix_secs(m.modified().unwrap_or(UNIX_EPOCH)), 0o440))
-                    }
-                    _ => Err(fail(StatusCode::NoSuchFile, format!("no such file: /download/{name}"))),
+                    Ok(m) if m.file_type().is_file() && !name.starts_with('.') => Ok(file_attrs(
+                        m.len(),
+                        unix_secs(m.modified().unwrap_or(UNIX_EPOCH)),
+                        0o440,
+                    )),
+                    _ => Err(fail(
+                        StatusCode::NoSuchFile,
+                        format!("no such file: /download/{name}"),
+                    )),
                 }
             }
         }
@@ -651,8 +765,14 @@ impl Session {
         let attrs = match self.handles.get(handle) {
             Some(Handle_::Upload(u)) => file_attrs(u.size, unix_secs(SystemTime::now()), 0o600),
             Some(Handle_::Read { file, .. }) => {
-                let m = file.metadata().map_err(|_| fail(StatusCode::Failure, "stat failed"))?;
-                file_attrs(m.len(), unix_secs(m.modified().unwrap_or(UNIX_EPOCH)), 0o440)
+                let m = file
+                    .metadata()
+                    .map_err(|_| fail(StatusCode::Failure, "stat failed"))?;
+                file_attrs(
+                    m.len(),
+                    unix_secs(m.modified().unwrap_or(UNIX_EPOCH)),
+                    0o440,
+                )
             }
             Some(Handle_::Dir(_)) => dir_attrs(true),
             None => return Err(fail(StatusCode::Failure, "no such handle")),
@@ -678,7 +798,10 @@ impl Session {
                     if let Handle_::Upload(u) = h
                         && !v.iter().any(|f| f.filename == u.name)
                     {
-                        v.push(File::new(u.name.clone(), file_attrs(u.size, unix_secs(SystemTime::now()), 0o600)));
+                        v.push(File::new(
+                            u.name.clone(),
+                            file_attrs(u.size, unix_secs(SystemTime::now()), 0o600),
+                        ));
                     }
                 }
                 v
@@ -688,7 +811,9 @@ impl Session {
                 let mut v = Vec::new();
                 if let Ok(rd) = std::fs::read_dir(&dir) {
                     for e in rd.flatten() {
-                        let Ok(name) = e.file_name().into_string() else { continue };
+                        let Ok(name) = e.file_name().into_string() else {
+                            continue;
+                        };
                         if name.starts_with('.') {
                             continue; // deliveries in flight
                         }
@@ -696,7 +821,14 @@ impl Session {
                         if !m.file_type().is_file() {
                             continue;
                         }
-                        v.push(File::new(name, file_attrs(m.len(), unix_secs(m.modified().unwrap_or(UNIX_EPOCH)), 0o440)));
+                        v.push(File::new(
+                            name,
+                            file_attrs(
+                                m.len(),
+                                unix_secs(m.modified().unwrap_or(UNIX_EPOCH)),
+                                0o440,
+                            ),
+                        ));
                     }
                 }
                 v.sort_by(|a, b| a.filename.cmp(&b.filename));
@@ -711,11 +843,21 @@ impl Session {
     async fn remove(&mut self, id: u32, path: &str) -> Reply {
         match self.resolve("remove", path)? {
             Node::Download(name) => {
-                let p = self.shared.pipeline.layout.download(&self.account.partner).join(&name);
+                let p = self
+                    .shared
+                    .pipeline
+                    .layout
+                    .download(&self.account.partner)
+                    .join(&name);
                 match std::fs::symlink_metadata(&p) {
                     Ok(m) if m.file_type().is_file() && !name.starts_with('.') => {}
                     Ok(_) => return Err(self.refuse("remove", path, "not a regular file")),
-                    Err(_) => return Err(fail(StatusCode::NoSuchFile, format!("no such file: /download/{name}"))),
+                    Err(_) => {
+                        return Err(fail(
+                            StatusCode::NoSuchFile,
+                            format!("no such file: /download/{name}"),
+                        ));
+                    }
                 }
                 match crate::spool::discard(&p) {
                     Ok(()) => {
@@ -746,32 +888,50 @@ impl Session {
         let from = self.resolve("rename", old)?;
         let to = self.resolve("rename", new)?;
         let (Node::Upload(a), Node::Upload(b)) = (&from, &to) else {
-            return Err(self.refuse("rename", old, "only uploads in /upload can be renamed, within /upload"));
+            return Err(self.refuse(
+                "rename",
+                old,
+                "only uploads in /upload can be renamed, within /upload",
+            ));
         };
         if a == b {
             return Ok(ok(id));
         }
-        if self.handles.values().any(|h| matches!(h, Handle_::Upload(u) if &u.name == a)) {
-            return Err(fail(StatusCode::Failure, format!("{a} is still open; close it first")));
+        if self
+            .handles
+            .values()
+            .any(|h| matches!(h, Handle_::Upload(u) if &u.name == a))
+        {
+            return Err(fail(
+                StatusCode::Failure,
+                format!("{a} is still open; close it first"),
+            ));
         }
         if !posix && self.shared.upload_busy(&self.account, b) {
             return Err(fail(StatusCode::Failure, format!("{b} already exists")));
         }
         let Some(p) = self.shared.take_parked(&self.account, a) else {
             return match self.shared.upload_entry(&self.account, a) {
-                Some(_) => Err(self.refuse("rename", old, "the file was already handed over (accepted)")),
-                None => Err(fail(StatusCode::NoSuchFile, format!("no such file: /upload/{a}"))),
+                Some(_) => {
+                    Err(self.refuse("rename", old, "the file was already handed over (accepted)"))
+                }
+                None => Err(fail(
+                    StatusCode::NoSuchFile,
+                    format!("no such file: /upload/{a}"),
+                )),
             };
         };
         if let Some(old_target) = self.shared.take_parked(&self.account, b) {
             old_target.upload.abandon();
         }
         if vfs::is_temp_name(&self.shared.settings.temp_name_patterns, b) {
-            self.shared.park(&self.account, b, p.upload, p.sha256, p.size);
+            self.shared
+                .park(&self.account, b, p.upload, p.sha256, p.size);
             return Ok(ok(id));
         }
         self.shared.set_writing(&self.account, b);
-        self.hand_over(id, b.clone(), p.upload, p.sha256, p.size).await
+        self.hand_over(id, b.clone(), p.upload, p.sha256, p.size)
+            .await
     }
 
     async fn extended(&mut self, id: u32, request: &str, data: &[u8]) -> Reply {
@@ -783,7 +943,10 @@ impl Session {
                 out.put_u64(MAX_READ_WRITE);
                 out.put_u64(MAX_READ_WRITE);
                 out.put_u64(MAX_HANDLES as u64);
-                Ok(Packet::ExtendedReply(ExtendedReply { id, data: out.to_vec() }))
+                Ok(Packet::ExtendedReply(ExtendedReply {
+                    id,
+                    data: out.to_vec(),
+                }))
             }
             "posix-rename@openssh.com" => {
                 let (Some(a), Some(b)) = (get_string(&mut d), get_string(&mut d)) else {
@@ -818,7 +981,10 @@ impl Session {
                 // Meaningful only as the account's quota: the server's disks are not the
                 // customer's business.
                 let Some(quota) = self.account.quota else {
-                    return Err(fail(StatusCode::OpUnsupported, "no quota is set for this account"));
+                    return Err(fail(
+                        StatusCode::OpUnsupported,
+                        "no quota is set for this account",
+                    ));
                 };
                 let used = self.shared.used_bytes(&self.account);
                 let bs = 4096u64;
@@ -828,11 +994,17 @@ impl Session {
                 for v in [bs, bs, blocks, free, free, 0, 0, 0, 0, 0, 255] {
                     out.put_u64(v);
                 }
-                Ok(Packet::ExtendedReply(ExtendedReply { id, data: out.to_vec() }))
+                Ok(Packet::ExtendedReply(ExtendedReply {
+                    id,
+                    data: out.to_vec(),
+                }))
             }
             other => {
                 tracing::info!(event = "sftp.unsupported", user = %self.account.username, request = %other.escape_debug(), "extension {other:?} is not offered");
-                Err(fail(StatusCode::OpUnsupported, format!("{other} is not supported")))
+                Err(fail(
+                    StatusCode::OpUnsupported,
+                    format!("{other} is not supported"),
+                ))
             }
         }
     }

@@ -47,7 +47,9 @@ pub fn resolve(path: &str) -> Result<Node, PathError> {
             "" | "." => {}
             ".." => {
                 if parts.pop().is_none() {
-                    return Err(PathError::Escape(format!("`..` above the root in {path:?}")));
+                    return Err(PathError::Escape(format!(
+                        "`..` above the root in {path:?}"
+                    )));
                 }
             }
             s => parts.push(s),
@@ -126,12 +128,21 @@ mod tests {
         assert_eq!(resolve("/upload/a.txt"), Ok(Node::Upload("a.txt".into())));
         assert_eq!(resolve("//download//b"), Ok(Node::Download("b".into())));
         assert!(matches!(resolve(".."), Err(PathError::Escape(_))));
-        assert!(matches!(resolve("/upload/../../etc/passwd"), Err(PathError::Escape(_))));
+        assert!(matches!(
+            resolve("/upload/../../etc/passwd"),
+            Err(PathError::Escape(_))
+        ));
         assert_eq!(resolve("/etc/passwd"), Err(PathError::NotFound));
         assert_eq!(resolve("/upload/a/b"), Err(PathError::NotFound));
         assert!(matches!(resolve("/upload/a\nb"), Err(PathError::Escape(_))));
-        assert!(matches!(resolve("/upload/..\\..\\x"), Err(PathError::Escape(_))));
-        assert!(matches!(resolve(&format!("/upload/{}", "x".repeat(300))), Err(PathError::Escape(_))));
+        assert!(matches!(
+            resolve("/upload/..\\..\\x"),
+            Err(PathError::Escape(_))
+        ));
+        assert!(matches!(
+            resolve(&format!("/upload/{}", "x".repeat(300))),
+            Err(PathError::Escape(_))
+        ));
     }
 
     #[test]
