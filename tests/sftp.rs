@@ -852,3 +852,80 @@ fn putty_psftp_uploads_with_a_password() {
     assert!(!o.status.success());
     assert_eq!(g.ledger().len(), 1);
 }
+
+#[test]
+fn concurrent_clients_all_get_their_receipts() {
+    let g = Gw::start();
+    let clients = 8;
+    let per = 3;
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let mut batch = String::new();
+        for k in 0..per {
+            let name = format!("c{c}-{k}.txt");
+            g.write(&name, &good_order(100 + (c * per + k) as u64));
+            batch.push_str(&format!("put -f {name} /upload/{name}\n"));
+        }
+        let bf = g.path().join(format!("batch{c}"));
+        fs::write(&bf, batch).unwrap();
+        let mut cmd = Command::new("timeout");
+        cmd.arg("120")
+            .arg("sftp")
+            .args(g.ssh_opts())
+            .arg("-i")
+            .arg(g.key())
+            .arg("-P")
+            .arg(g.port.to_string())
+            .arg("-b")
+            .arg(&bf)
+            .arg("demo@127.0.0.1")
+            .current_dir(g.path());
+        handles.push(std::thread::spawn(move || run(&mut cmd)));
+    }
+    for h in handles {
+        let o = h.join().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let l = g.ledger();
+    assert_eq!(l.len(), clients * per);
+    assert!(l.iter().all(|r| r["state"] != "quarantined"), "{l:?}");
+}
+
+#[test]
+fn quota_and_session_limits_refuse_with_the_reason() {
+    let g = Gw::start_with(Opts {
+        demo_extra: "quota_mb = 1\nmax_sessions = 1",
+        ..Opts::default()
+    });
+    g.write("small.txt", &good_order(70));
+    g.write("big.bin", &vec![b'A'; 2 << 20]);
+    let out = g.paramiko(
+        r#"
+c = connect(); s = c.open_sftp()
+attempt('big', lambda: s.put('big.bin', '/upload/big.txt'))
+attempt('second-session', lambda: connect().open_sftp().listdir('/'))
+attempt('small', lambda: s.put('small.txt', '/upload/small.txt').st_size)
+"#,
+        &[],
+    );
+    assert!(
+        out.contains("big ERR") && out.contains("quota"),
+        "{out}\n{}",
+        g.log()
+    );
+    assert!(
+        out.contains("second-session ERR"),
+        "max_sessions = 1: {out}"
+    );
+    assert!(out.contains("small OK"), "{out}\n{}", g.log());
+    let (ok, df) = g.sftp("df /upload\n");
+    assert!(ok, "{df}");
+    assert!(df.contains(" 1024 "), "statvfs shows the 1 MiB quota: {df}");
+    assert!(g.log().contains("too many sessions"), "{}", g.log());
+    assert!(
+        wait_for(|| g.incoming_temps().is_empty()),
+        "{:?}",
+        g.incoming_temps()
+    );
+    assert_eq!(g.ledger().len(), 1);
+}

@@ -36,9 +36,10 @@ pub const MAX_HANDLES: usize = 64;
 /// Writes queued per upload before WRITE replies wait for the disk: bounds memory per upload
 /// (64 × 256 KiB = 16 MiB at most) while keeping the client's pipeline full.
 const WRITE_QUEUE: usize = 64;
-/// Read buffer of the request loop: room for a few full-size requests.
-const READ_BUF: usize = 1 << 20;
-const WRITE_BUF: usize = 256 * 1024;
+/// Buffers of the request loop: room for a burst of small requests and replies (bigger ones
+/// bypass them); small, because every idle session holds them.
+const READ_BUF: usize = 128 * 1024;
+const WRITE_BUF: usize = 64 * 1024;
 
 const SSH_FXP_WRITE: u8 = 6;
 const SSH_FXP_READ: u8 = 5;
@@ -130,6 +131,8 @@ struct OpenUpload {
     /// Most bytes this upload may reach (file size limit, quota).
     limit: u64,
     limit_reason: &'static str,
+    /// A WRITE was refused: the file is incomplete and must never be handed over.
+    failed: Option<String>,
 }
 
 fn start_writer(
@@ -517,6 +520,7 @@ impl Session {
             size: start_size,
             limit,
             limit_reason,
+            failed: None,
         };
         // Room for the handle was checked in `open`.
         let h = self.new_handle(Handle_::Upload(open))?;
@@ -542,10 +546,9 @@ impl Session {
         if end > u.limit {
             let reason = u.limit_reason;
             tracing::warn!(event = "sftp.upload.limit", user = %self.account.username, name = %u.name, limit = u.limit, "upload of {} refused at {end} bytes: {reason}", u.name);
-            return Err(fail(
-                StatusCode::Failure,
-                format!("{reason} (limit {} bytes)", u.limit),
-            ));
+            let msg = format!("{reason} (limit {} bytes)", u.limit);
+            u.failed = Some(msg.clone());
+            return Err(fail(StatusCode::Failure, msg));
         }
         u.size = u.size.max(end);
         if u.tx.send(WriterCmd::Write(offset, data)).await.is_err() {
@@ -617,6 +620,12 @@ impl Session {
                 ));
             }
         };
+        if let Some(why) = u.failed {
+            done.upload.abandon();
+            let msg = format!("{} was NOT accepted: {why}", u.name);
+            self.shared.refused(&self.account, &u.name, msg.clone());
+            return Err(fail(StatusCode::Failure, msg));
+        }
         if let Some(e) = &done.error {
             tracing::error!(event = "sftp.upload.failed", user = %self.account.username, name = %u.name, "writing {} failed: {e}", u.name);
             self.shared.forget_writing(&self.account, &u.name);
