@@ -561,7 +561,7 @@ fn download_folder_lists_reads_and_deletes_with_openssh_sftp() {
 fn scp_uploads_in_sftp_mode_and_legacy_scp_is_refused_without_hanging() {
     let g = Gw::start();
     let f = g.write("scp-pay.txt", &good_order(20));
-    let dest = format!("demo@127.0.0.1:/upload/scp-pay.txt");
+    let dest = "demo@127.0.0.1:/upload/scp-pay.txt";
     let mut c = Command::new("timeout");
     c.arg("120")
         .arg("scp")
@@ -570,7 +570,7 @@ fn scp_uploads_in_sftp_mode_and_legacy_scp_is_refused_without_hanging() {
         .arg(g.key())
         .arg("-P")
         .arg(g.port.to_string());
-    let o = run(c.arg(&f).arg(&dest));
+    let o = run(c.arg(&f).arg(dest));
     assert!(o.status.success(), "{}\n{}", text(&o), g.log());
     assert_eq!(g.ledger().len(), 1);
 

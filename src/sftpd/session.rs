@@ -220,8 +220,7 @@ impl Session {
     {
         let mut r = BufReader::with_capacity(READ_BUF, reader);
         let mut w = BufWriter::with_capacity(WRITE_BUF, writer);
-        loop {
-            let Ok(len) = r.read_u32().await else { break };
+        while let Ok(len) = r.read_u32().await {
             if len == 0 || len > MAX_PACKET {
                 tracing::warn!(event = "sftp.protocol", user = %self.account.username, peer = %self.account.peer, len, "request of {len} bytes refused (limit {MAX_PACKET}); closing the session");
                 break;
