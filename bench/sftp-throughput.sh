@@ -24,6 +24,7 @@ BIN=$PWD/target/release/sluss
 WORK=$(mktemp -d /var/tmp/sluss-sftp-bench.XXXXXX)
 SERVE_PID=
 cleanup() {
+    if [ "${OK:-}" != 1 ]; then echo "== failed; sluss log tail:"; tail -5 "$WORK/sluss.log" 2>/dev/null || true; fi
     [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true
     [ -f "$WORK/sshd.pid" ] && kill "$(cat "$WORK/sshd.pid")" 2>/dev/null || true
     rm -rf "$WORK"
@@ -62,7 +63,7 @@ def order(path, per, seed):
         total = 0
         chunk = []
         for i in range(per):
-            amount = 100 + (seed * 7919 + i * 104729) % 9999900
+            amount = 100 + (seed * 7919 + i * 104729) % 50000  # totals fit TK29's 12 digits
             total += amount
             chunk.append(b"14" + b"0001234566" + (b"REF%dX%d" % (seed, i)).ljust(25) + b"%012d" % amount
                          + b"GENAST" + b" " * 5 + (b"VERIF %d-%d" % (seed, i)).ljust(20) + b"\r\n")
@@ -119,9 +120,9 @@ start_sshd() {
     SSHD_TIME_PID=$!
     for _ in $(seq 1 200); do [ -s "$WORK/sshd.pid" ] && break; sleep 0.05; done
 }
-stop_sshd() {
+stop_sshd() { # sets SSHD_CPU (user + system seconds of sshd and its session processes)
     kill "$(cat "$WORK/sshd.pid")"; wait "$SSHD_TIME_PID" 2>/dev/null || true; rm -f "$WORK/sshd.pid"
-    awk '{print $1+$2}' "$WORK/sshd.time" | tail -1
+    SSHD_CPU=$(tail -1 "$WORK/sshd.time" | awk '{print $1+$2}')
 }
 
 client() { # client KNOWN PORT USER BATCH
@@ -151,11 +152,11 @@ rm -f "$WORK/down/big.sluss" "$WORK/gw/var/download/demo/big.dat"
 
 start_sshd
 t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/b.up.ossh"; t1=$(now)
-O_UP=$(rate "$(echo "$t1 - $t0" | bc)"); O_UP_CPU=$(stop_sshd)
+O_UP=$(rate "$(echo "$t1 - $t0" | bc)"); stop_sshd; O_UP_CPU=$SSHD_CPU
 mv "$WORK/ossh/root/big.txt" "$WORK/ossh/root/big.dat"; sync
 start_sshd
 t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/b.down.ossh"; t1=$(now)
-O_DOWN=$(rate "$(echo "$t1 - $t0" | bc)"); O_DOWN_CPU=$(stop_sshd)
+O_DOWN=$(rate "$(echo "$t1 - $t0" | bc)"); stop_sshd; O_DOWN_CPU=$SSHD_CPU
 cmp "$WORK/big.txt" "$WORK/down/big.ossh"
 rm -f "$WORK/down/big.ossh" "$WORK/ossh/root/big.dat"
 
@@ -175,7 +176,7 @@ client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/s.up.sluss"
 t1=$(now); c1=$(cpu_of "$SERVE_PID")
 S_SUP=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); S_SUP_CPU=$(rate "$(echo "$c1 - $c0" | bc)")
 ACCEPTED=$("$BIN" ledger list --json --config "$WORK/gw" --limit 100000 2>/dev/null | grep -c '"state"' || true)
-cp "$WORK"/small/*.txt "$WORK/gw/var/download/demo/"; sync
+mkdir -p "$WORK/gw/var/download/demo" && cp "$WORK"/small/*.txt "$WORK/gw/var/download/demo/"; sync
 c0=$(cpu_of "$SERVE_PID"); t0=$(now)
 client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/s.down.sluss"
 t1=$(now); c1=$(cpu_of "$SERVE_PID")
@@ -183,10 +184,10 @@ S_SDOWN=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); S_SDOWN_CPU=$(rate "$(
 stop_sluss
 start_sshd
 t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.up.ossh"; t1=$(now)
-O_SUP=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); O_SUP_CPU=$(stop_sshd)
+O_SUP=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SUP_CPU=$SSHD_CPU
 start_sshd
 t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.down.ossh"; t1=$(now)
-O_SDOWN=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); O_SDOWN_CPU=$(stop_sshd)
+O_SDOWN=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SDOWN_CPU=$SSHD_CPU
 
 # --- phase 3: concurrent clients (sluss only), fresh ledger
 start_sluss
@@ -223,6 +224,7 @@ stop_sluss
 # and refused by design; "all succeed" is judged on the first FILES uploads only when
 # CLIENTS*PER > FILES.
 
+OK=1
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 cat <<EOF
 
