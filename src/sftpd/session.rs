@@ -188,7 +188,12 @@ fn start_writer(
 
 enum Handle_ {
     Dir(Option<Vec<File>>),
-    Read { file: std::fs::File, name: String },
+    Read {
+        file: std::fs::File,
+        name: String,
+        /// Size at open: files in /download are complete when they appear there.
+        size: u64,
+    },
     Upload(OpenUpload),
 }
 
@@ -423,7 +428,8 @@ impl Session {
                     ));
                 }
                 let file = self.open_download(&name)?;
-                let h = self.new_handle(Handle_::Read { file, name })?;
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let h = self.new_handle(Handle_::Read { file, name, size })?;
                 Ok(Packet::Handle(Handle { id, handle: h }))
             }
             _ => Err(fail(StatusCode::Failure, "that is a folder")),
@@ -563,13 +569,19 @@ impl Session {
         let Some(h) = self.handles.get(handle) else {
             return status(StatusCode::Failure, "no such handle");
         };
-        let Handle_::Read { file, .. } = h else {
+        let Handle_::Read { file, size, .. } = h else {
             return status(
                 StatusCode::PermissionDenied,
                 "files in /upload cannot be read back",
             );
         };
-        let want = (len as usize).min(MAX_READ_WRITE as usize);
+        // Never more than what is left: the buffer is zero-filled, and small files are the
+        // common case.
+        let left = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let want = (len as usize).min(MAX_READ_WRITE as usize).min(left);
+        if want == 0 {
+            return status(StatusCode::Eof, "end of file");
+        }
         // Build the DATA reply in place: length, type, id, data length, data.
         let mut buf = BytesMut::with_capacity(13 + want);
         buf.put_u32(0);
