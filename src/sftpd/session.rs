@@ -164,9 +164,13 @@ fn start_writer(
                     }
                 }
                 WriterCmd::Sync(reply) => {
+                    // No disk flush here: an upload is worth nothing until its CLOSE is
+                    // answered (a crash before that discards it, fsynced or not), and the
+                    // pipeline fsyncs it before that answer. A flush now would only cost a
+                    // second journal commit per file. Report write errors so far, though.
                     let r = match &error {
                         Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                        None => upload.file.sync_data(),
+                        None => Ok(()),
                     };
                     let _ = reply.send(r);
                 }
@@ -230,8 +234,20 @@ impl Session {
                 tracing::warn!(event = "sftp.protocol", user = %self.account.username, peer = %self.account.peer, len, "request of {len} bytes refused (limit {MAX_PACKET}); closing the session");
                 break;
             }
-            let mut buf = BytesMut::zeroed(len as usize);
-            if r.read_exact(&mut buf).await.is_err() {
+            // Read into uninitialised capacity (no zero-fill of up to 256 KiB per request).
+            let mut buf = BytesMut::with_capacity(len as usize);
+            let mut body = (&mut r).take(u64::from(len));
+            let mut complete = true;
+            while buf.len() < len as usize {
+                match body.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        complete = false;
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if !complete {
                 break;
             }
             let bytes = buf.freeze();
