@@ -929,3 +929,59 @@ attempt('small', lambda: s.put('small.txt', '/upload/small.txt').st_size)
     );
     assert_eq!(g.ledger().len(), 1);
 }
+
+#[test]
+fn check_reports_sftp_mistakes_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    fs::create_dir_all(p.join("jobs.d")).unwrap();
+    fs::copy(
+        root.join("jobs.d/demo-bank.toml"),
+        p.join("jobs.d/demo-bank.toml"),
+    )
+    .unwrap();
+    let customer = |id: &str, sftp: &str| {
+        format!(
+            "[partner]\nid = \"{id}\"\nname = \"X\"\nrole = \"customer\"\n\
+             [seal]\nrequired = false\n[payments]\nbank = \"demo-bank\"\n[sftp]\n{sftp}\n"
+        )
+    };
+    fs::write(
+        p.join("jobs.d/one.toml"),
+        customer(
+            "one",
+            "username = \"shared\"\npassword_hash = \"hunter2\"\nauthorized_keys = [\"ssh-dss AAAA nope\"]\nallowed_networks = [\"10.0.0.0/33\"]",
+        ),
+    )
+    .unwrap();
+    fs::write(
+        p.join("jobs.d/two.toml"),
+        customer(
+            "two",
+            "username = \"shared\"\nauthorized_keys_file = \"missing.keys\"",
+        ),
+    )
+    .unwrap();
+    fs::write(
+        p.join("sluss.toml"),
+        "[sftp]\nlisten = \"localhost:twenty-two\"\nban_seconds = 100\nban_max_seconds = 10\n",
+    )
+    .unwrap();
+    let o = run(util::sluss().arg("check").arg("--config").arg(p));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for needle in [
+        "sluss.toml:2: sftp.listen",
+        "sftp.ban_max_seconds",
+        "one.toml:11: sftp.password_hash: is not an Argon2id hash",
+        "sftp.authorized_keys[0]",
+        "sftp.allowed_networks[0]",
+        "two.toml:11: sftp.authorized_keys_file",
+        "SFTP username `shared` is also used by partner one",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    // The host keys are not a mistake: they will be generated.
+    assert!(!out.contains("ssh_host_ed25519_key"), "{out}");
+}
