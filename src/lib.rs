@@ -17,4 +17,5 @@ pub mod pipeline;
 pub mod remote;
 pub mod scheduler;
 pub mod seal;
+pub mod sftpd;
 pub mod spool;

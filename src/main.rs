@@ -45,6 +45,8 @@ enum Command {
     Jobs(cli::jobs::JobsArgs),
     /// Partners' remote endpoints: test the connection, list folders.
     Remote(cli::remote::RemoteArgs),
+    /// Read a password on stdin, print its Argon2id hash (for `[sftp] password_hash`).
+    Passwd(cli::sftp::PasswdArgs),
 }
 
 fn init_logging(json: bool) {
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Archive(a) => cli::ledger::run_archive(a),
         Command::Jobs(a) => cli::jobs::run(a),
         Command::Remote(a) => cli::remote::run(a),
+        Command::Passwd(a) => cli::sftp::run_passwd(a),
     };
     match result {
         Ok(code) => code,

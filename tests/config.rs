@@ -161,9 +161,37 @@ fn shipped_example_loads_into_resolved_runtime_types() {
         }
     );
 
-    assert_eq!(loaded.pending_keys.len(), 1);
-    assert_eq!(loaded.pending_keys[0].partner, "demo");
-    assert_eq!(loaded.pending_keys[0].path, dir.join("keys/demo.seal"));
+    // The shipped example generates its seal key, the SFTP host keys and the demo client key.
+    let mut pending: Vec<(config::PendingKeyKind, PathBuf)> = loaded
+        .pending_keys
+        .iter()
+        .map(|k| (k.kind, k.path.clone()))
+        .collect();
+    pending.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        pending,
+        vec![
+            (
+                config::PendingKeyKind::SshClientKey,
+                dir.join("keys/demo.authorized_keys")
+            ),
+            (config::PendingKeyKind::SealKey, dir.join("keys/demo.seal")),
+            (
+                config::PendingKeyKind::SshHostEd25519,
+                dir.join("keys/ssh_host_ed25519_key")
+            ),
+            (
+                config::PendingKeyKind::SshHostRsa,
+                dir.join("keys/ssh_host_rsa_key")
+            ),
+        ]
+    );
+    let seal_pending = loaded
+        .pending_keys
+        .iter()
+        .find(|k| k.kind == config::PendingKeyKind::SealKey)
+        .unwrap();
+    assert_eq!(seal_pending.partner, "demo");
 
     for bg in ["991-2346", "9912346", "0009912346"] {
         assert_eq!(c.partner_by_bankgiro(bg).unwrap().id, "demo", "{bg}");
@@ -184,11 +212,17 @@ fn existing_key_file_is_used_as_it_is() {
     let tmp = example();
     key_file(tmp.path(), "keys/demo.seal", 0o600);
     let loaded = config::load(tmp.path()).unwrap();
-    assert!(loaded.pending_keys.is_empty());
+    assert!(
+        !loaded
+            .pending_keys
+            .iter()
+            .any(|k| k.kind == config::PendingKeyKind::SealKey),
+        "an existing seal key is not generated again"
+    );
     assert_eq!(loaded.config.partner("demo").unwrap().seal.keys.len(), 1);
     let (code, out) = check(tmp.path());
     assert_eq!(code, 0, "{out}");
-    assert!(!out.contains("will be generated"), "{out}");
+    assert!(!out.contains("keys/demo.seal will be generated"), "{out}");
     assert!(out.contains("seal key for demo: KVV "), "{out}");
 }
 

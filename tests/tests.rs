@@ -8,3 +8,4 @@ mod pipeline;
 mod pull;
 mod remote;
 mod seal;
+mod sftp;

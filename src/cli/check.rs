@@ -62,8 +62,10 @@ fn print_ok(loaded: &Loaded) {
     }
     for k in &loaded.pending_keys {
         println!(
-            "note: {} will be generated at first start (seal key for {})",
+            "note: {} will be generated at first start ({}{}{})",
             shown(&c.dir, &k.path).display(),
+            k.kind.describe(),
+            if k.partner.is_empty() { "" } else { " for " },
             k.partner
         );
     }

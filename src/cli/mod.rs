@@ -7,3 +7,4 @@ pub mod ledger;
 pub mod remote;
 pub mod seal;
 pub mod serve;
+pub mod sftp;

@@ -12,6 +12,7 @@
 pub mod endpoint;
 mod pull;
 mod raw;
+pub mod sftp;
 mod validate;
 
 pub use endpoint::{
@@ -48,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Every partner, by id.
     pub partners: BTreeMap<String, Partner>,
+    /// sluss's own SFTP server; `None` when `sluss.toml` has no `[sftp]`.
+    pub sftp: Option<sftp::SftpServer>,
 }
 
 /// Daemon-wide defaults a partner may override.
@@ -92,6 +95,8 @@ pub struct Partner {
     pub archive: Archive,
     /// Scheduled pulls from the partner's servers (`[[pull]]`).
     pub pulls: Vec<PullJob>,
+    /// The customer's account on sluss's SFTP server, if it has one.
+    pub sftp: Option<sftp::SftpAccount>,
     /// The `jobs.d` file this partner came from (absolute).
     pub source_file: PathBuf,
 }
@@ -180,6 +185,24 @@ pub struct PendingKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingKeyKind {
     SealKey,
+    /// An SSH host key of the SFTP server (`partner` is empty).
+    SshHostEd25519,
+    SshHostRsa,
+    /// A customer's authorized-keys file (the path), generated together with a client key
+    /// pair `<partner>.id_ed25519` beside it (demo only).
+    SshClientKey,
+}
+
+impl PendingKeyKind {
+    /// What the key is, for `sluss check` and logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PendingKeyKind::SealKey => "seal key",
+            PendingKeyKind::SshHostEd25519 => "SSH host key (ed25519)",
+            PendingKeyKind::SshHostRsa => "SSH host key (RSA 3072)",
+            PendingKeyKind::SshClientKey => "SFTP client key pair and authorized keys",
+        }
+    }
 }
 
 /// The outcome of a successful [`load`].
@@ -239,6 +262,13 @@ pub fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
 }
 
 impl Config {
+    /// The partner whose SFTP account has `username`.
+    pub fn partner_by_sftp_user(&self, username: &str) -> Option<&Partner> {
+        self.partners
+            .values()
+            .find(|p| p.sftp.as_ref().is_some_and(|a| a.username == username))
+    }
+
     pub fn partner(&self, id: &str) -> Option<&Partner> {
         self.partners.get(id)
     }

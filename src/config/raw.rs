@@ -21,6 +21,7 @@ pub struct RawMain {
     pub defaults: RawDefaults,
     #[serde(default)]
     pub log: RawLog,
+    pub sftp: Option<super::sftp::RawSftpServer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +59,7 @@ pub struct RawPartnerFile {
     /// `[[pull]]` jobs (see `config/pull.rs`).
     #[serde(default)]
     pub pull: Vec<super::pull::RawPull>,
+    pub sftp: Option<super::sftp::RawSftpAccount>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -169,6 +169,15 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
     };
     let jobs_dir = resolve(&abs_dir, &jobs_dir_raw);
     let jobs_shown = dir.join(&jobs_dir_raw);
+    let mut pending = Vec::new();
+    let sftp = sftp_server(
+        &main_file,
+        main_raw.as_ref(),
+        &abs_dir,
+        &keys_dir,
+        &mut pending,
+        &mut p,
+    );
 
     let env = Env {
         dir: &abs_dir,
@@ -181,7 +190,6 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
     // Every partner file, each checked on its own.
     let mut drafts = Vec::new();
     let mut broken = BTreeSet::new(); // ids (file stems) of files that did not parse
-    let mut pending = Vec::new();
     for (stem, shown) in partner_files(&jobs_dir, &jobs_shown, &main_file, &mut p) {
         let Some(text) = read_text(&shown, &mut p) else {
             broken.insert(stem);
@@ -200,6 +208,7 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
     }
 
     cross_check(&drafts, &broken, &env, &mut p);
+    sftp_usernames(&drafts, &mut p);
 
     if !p.0.is_empty() {
         return Err(ConfigErrors(p.0));
@@ -217,6 +226,7 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, ConfigErrors> {
             defaults,
             log,
             partners,
+            sftp,
         },
         pending_keys: pending,
     })
@@ -755,6 +765,10 @@ fn partner(
 
     let archive = archive_policy(cx, r.archive.as_ref(), p);
     let pulls = super::pull::validate(cx, env, &id, &r.pull, p);
+    let sftp = r
+        .sftp
+        .as_ref()
+        .map(|rs| sftp_account(cx, env, role, &id, rs, pending, p));
 
     let delivery_line = cx.line(&delivery_field);
     Draft {
@@ -779,6 +793,7 @@ fn partner(
             },
             archive,
             pulls,
+            sftp,
             source_file,
         },
         bank_ref,
@@ -1062,6 +1077,73 @@ pub(super) fn pull_endpoint(
     p: &mut Problems,
 ) -> Option<Endpoint> {
     endpoint(cx, env, field, t, p)
+}
+
+/// `[sftp]` of `sluss.toml` (see [`super::sftp`]).
+fn sftp_server(
+    main_file: &Path,
+    main_raw: Option<&(SpannedDoc<'_>, raw::RawMain)>,
+    dir: &Path,
+    keys_dir: &Path,
+    pending: &mut Vec<PendingKey>,
+    p: &mut Problems,
+) -> Option<super::sftp::SftpServer> {
+    let (doc, r) = main_raw?;
+    let rs = r.sftp.as_ref()?;
+    let cx = FileCx {
+        file: main_file,
+        doc,
+    };
+    let (s, issues) = super::sftp::server(rs, keys_dir, &|f| resolve(dir, f), pending);
+    for i in issues {
+        cx.err(p, &i.field, i.message, i.fix);
+    }
+    Some(s)
+}
+
+/// A customer's `[sftp]` account (see [`super::sftp`]).
+fn sftp_account(
+    cx: &FileCx<'_, '_>,
+    env: &Env<'_>,
+    role: Role,
+    id: &str,
+    rs: &super::sftp::RawSftpAccount,
+    pending: &mut Vec<PendingKey>,
+    p: &mut Problems,
+) -> super::sftp::SftpAccount {
+    if role == Role::Bank {
+        cx.err(
+            p,
+            "sftp",
+            "a bank partner has no account on sluss's SFTP server",
+            "remove the [sftp] table from this bank's file",
+        );
+    }
+    let (a, issues) = super::sftp::account(rs, id, &|f| resolve(env.dir, f), pending);
+    for i in issues {
+        cx.err(p, &i.field, i.message, i.fix);
+    }
+    a
+}
+
+/// Two partners may not share an SFTP username.
+fn sftp_usernames(drafts: &[Draft], p: &mut Problems) {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for d in drafts {
+        let Some(a) = &d.partner.sftp else { continue };
+        if let Some(first) = seen.insert(&a.username, &d.partner.id) {
+            p.push(
+                &d.shown,
+                None,
+                "sftp.username",
+                format!(
+                    "SFTP username `{}` is also used by partner {first}",
+                    a.username
+                ),
+                "give each partner its own username",
+            );
+        }
+    }
 }
 
 enum KeyState {

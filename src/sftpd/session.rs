@@ -1,0 +1,1081 @@
+//! One SFTP session (protocol version 3) over an SSH channel: our own request loop instead of
+//! russh-sftp's, so that requests are pipelined. WRITE is answered as soon as its data is
+//! queued to the upload's writer thread (which writes at the offset and hashes sequential
+//! data); replies are batched and flushed only when no complete request is waiting. The
+//! receipt for an upload is the reply to CLOSE (or to the RENAME that gives a temporary
+//! upload its final name): OK only after the pipeline made the file durable and recorded it.
+//!
+//! This module never touches the ledger or the spool directly except through
+//! [`Pipeline::new_upload`], [`Pipeline::ingest`], [`Upload::abandon`] and
+//! [`crate::spool::discard`]; it never lets a client path reach the file system unchecked
+//! (see [`super::vfs`]).
+
+use super::vfs::{self, Node, PathError};
+use super::{AccountCtx, Shared};
+use crate::pipeline::{Body, Incoming, Outcome, Upload};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use russh_sftp::protocol::{
+    ExtendedReply, File, FileAttributes, FileMode, Handle, Name, Packet, Status, StatusCode,
+    Version,
+};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest request accepted. OpenSSH's own server uses 256 KiB; its client's largest
+/// working `-B` (261120) plus headers fits.
+pub const MAX_PACKET: u32 = 256 * 1024 + 1024;
+/// Advertised in `limits@openssh.com`: what clients size READ and WRITE requests by.
+pub const MAX_READ_WRITE: u64 = 261_120;
+/// Handles one session may hold open (files and folder listings).
+pub const MAX_HANDLES: usize = 64;
+/// Writes queued per upload before WRITE replies wait for the disk: bounds memory per upload
+/// (64 × 256 KiB = 16 MiB at most) while keeping the client's pipeline full.
+const WRITE_QUEUE: usize = 64;
+/// Buffers of the request loop: room for a burst of small requests and replies (bigger ones
+/// bypass them); small, because every idle session holds them.
+const READ_BUF: usize = 128 * 1024;
+const WRITE_BUF: usize = 64 * 1024;
+
+const SSH_FXP_WRITE: u8 = 6;
+const SSH_FXP_READ: u8 = 5;
+const SSH_FXP_DATA: u8 = 103;
+
+/// Extensions advertised in VERSION, with their versions as OpenSSH spells them.
+const EXTENSIONS: &[(&str, &str)] = &[
+    ("posix-rename@openssh.com", "1"),
+    ("fsync@openssh.com", "1"),
+    ("limits@openssh.com", "1"),
+    ("statvfs@openssh.com", "2"),
+];
+
+/// A reply that is a status (success or failure with the one line the client logs).
+type Reply = Result<Packet, (StatusCode, String)>;
+
+fn ok(id: u32) -> Packet {
+    Packet::status(id, StatusCode::Ok, "Ok", "en")
+}
+
+fn fail(code: StatusCode, msg: impl Into<String>) -> (StatusCode, String) {
+    // One line: ERP logs keep one line per event.
+    let m: String = msg.into().replace(['\r', '\n'], " ");
+    (code, m)
+}
+
+fn unix_secs(t: SystemTime) -> u32 {
+    let s = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    u32::try_from(s).unwrap_or(u32::MAX)
+}
+
+fn dir_attrs(writable: bool) -> FileAttributes {
+    let mut a = FileAttributes {
+        size: Some(0),
+        permissions: Some(if writable { 0o755 } else { 0o555 }),
+        ..Default::default()
+    };
+    a.set_type(FileMode::DIR);
+    a
+}
+
+fn file_attrs(size: u64, mtime: u32, perms: u32) -> FileAttributes {
+    let mut a = FileAttributes {
+        size: Some(size),
+        permissions: Some(perms),
+        atime: Some(mtime),
+        mtime: Some(mtime),
+        ..Default::default()
+    };
+    a.set_type(FileMode::REG);
+    a
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(D[usize::from(b >> 4)] as char);
+        s.push(D[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// A command for an upload's writer thread.
+enum WriterCmd {
+    Write(u64, Bytes),
+    Sync(oneshot::Sender<std::io::Result<()>>),
+}
+
+/// What the writer thread hands back at CLOSE.
+struct WriterDone {
+    upload: Upload,
+    error: Option<std::io::Error>,
+    /// SHA-256 when the data came strictly in order and covers the whole file.
+    sha256: Option<String>,
+    size: u64,
+}
+
+/// An upload being written in this session.
+struct OpenUpload {
+    name: String,
+    tx: mpsc::Sender<WriterCmd>,
+    worker: tokio::task::JoinHandle<WriterDone>,
+    /// Highest byte written + 1 (what FSTAT answers).
+    size: u64,
+    /// Most bytes this upload may reach (file size limit, quota).
+    limit: u64,
+    limit_reason: &'static str,
+    /// A WRITE was refused: the file is incomplete and must never be handed over.
+    failed: Option<String>,
+}
+
+fn start_writer(
+    upload: Upload,
+    resumed_size: u64,
+) -> (mpsc::Sender<WriterCmd>, tokio::task::JoinHandle<WriterDone>) {
+    let (tx, mut rx) = mpsc::channel::<WriterCmd>(WRITE_QUEUE);
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut hasher = (resumed_size == 0).then(Sha256::new);
+        let mut hashed = 0u64;
+        let mut error: Option<std::io::Error> = None;
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                WriterCmd::Write(off, data) => {
+                    if error.is_some() {
+                        continue;
+                    }
+                    if let Err(e) = upload.file.write_all_at(&data, off) {
+                        error = Some(e);
+                        continue;
+                    }
+                    if let Some(h) = hasher.as_mut() {
+                        if off == hashed {
+                            h.update(&data);
+                            hashed += data.len() as u64;
+                        } else {
+                            hasher = None;
+                        }
+                    }
+                }
+                WriterCmd::Sync(reply) => {
+                    // No disk flush here: an upload is worth nothing until its CLOSE is
+                    // answered (a crash before that discards it, fsynced or not), and the
+                    // pipeline fsyncs it before that answer. A flush now would only cost a
+                    // second journal commit per file. Report write errors so far, though.
+                    let r = match &error {
+                        Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        None => Ok(()),
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        let size = upload.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let sha256 = hasher
+            .filter(|_| hashed == size)
+            .map(|h| hex(&h.finalize()));
+        WriterDone {
+            upload,
+            error,
+            sha256,
+            size,
+        }
+    });
+    (tx, worker)
+}
+
+enum Handle_ {
+    Dir(Option<Vec<File>>),
+    Read {
+        file: std::fs::File,
+        name: String,
+        /// Size at open: files in /download are complete when they appear there.
+        size: u64,
+    },
+    Upload(OpenUpload),
+}
+
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    account: Arc<AccountCtx>,
+    handles: HashMap<String, Handle_>,
+    next_handle: u64,
+    started: u32,
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, account: Arc<AccountCtx>) -> Session {
+        Session {
+            shared,
+            account,
+            handles: HashMap::new(),
+            next_handle: 0,
+            started: unix_secs(SystemTime::now()),
+        }
+    }
+
+    /// Serve requests until the client closes the channel (or the connection drops), then
+    /// abandon whatever was not handed over.
+    pub(crate) async fn run<R, W>(mut self, reader: R, writer: W)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut r = BufReader::with_capacity(READ_BUF, reader);
+        let mut w = BufWriter::with_capacity(WRITE_BUF, writer);
+        while let Ok(len) = r.read_u32().await {
+            if len == 0 || len > MAX_PACKET {
+                tracing::warn!(event = "sftp.protocol", user = %self.account.username, peer = %self.account.peer, len, "request of {len} bytes refused (limit {MAX_PACKET}); closing the session");
+                break;
+            }
+            // Read into uninitialised capacity (no zero-fill of up to 256 KiB per request).
+            let mut buf = BytesMut::with_capacity(len as usize);
+            let mut body = (&mut r).take(u64::from(len));
+            let mut complete = true;
+            while buf.len() < len as usize {
+                match body.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        complete = false;
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if !complete {
+                break;
+            }
+            let bytes = buf.freeze();
+            let out = self.request(bytes).await;
+            if w.write_all(&out).await.is_err() {
+                break;
+            }
+            // Flush only when no whole request is waiting: replies to a pipelined burst go
+            // out together.
+            let pending = r.buffer();
+            let whole = pending.len() >= 4
+                && pending.len()
+                    >= 4 + u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]])
+                        as usize;
+            if !whole && w.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = w.flush().await;
+        self.cleanup().await;
+    }
+
+    /// Abandon uploads that were never closed (disconnect mid-upload).
+    async fn cleanup(&mut self) {
+        for (_, h) in self.handles.drain() {
+            if let Handle_::Upload(u) = h {
+                drop(u.tx);
+                self.shared.forget_writing(&self.account, &u.name);
+                if let Ok(done) = u.worker.await {
+                    done.upload.abandon();
+                }
+                tracing::warn!(event = "sftp.upload.abandoned", user = %self.account.username, peer = %self.account.peer, name = %u.name, "upload of {} abandoned: the session ended before CLOSE; nothing was handed over", u.name);
+            }
+        }
+    }
+
+    /// Handle one request (its bytes after the length) and return the encoded reply.
+    async fn request(&mut self, mut bytes: Bytes) -> Bytes {
+        let kind = bytes.first().copied().unwrap_or(0);
+        let id = if bytes.len() >= 5 {
+            u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]])
+        } else {
+            0
+        };
+        // Fast paths without copies for the bulk requests.
+        let reply = if kind == SSH_FXP_WRITE {
+            match parse_write(bytes.slice(5..)) {
+                Some((handle, offset, data)) => self.write(id, &handle, offset, data).await,
+                None => Err(fail(StatusCode::BadMessage, "malformed WRITE")),
+            }
+        } else if kind == SSH_FXP_READ {
+            match parse_read(bytes.slice(5..)) {
+                Some((handle, offset, len)) => return self.read(id, &handle, offset, len),
+                None => Err(fail(StatusCode::BadMessage, "malformed READ")),
+            }
+        } else {
+            match Packet::try_from(&mut bytes) {
+                Ok(p) => self.dispatch(p).await,
+                Err(_) => Err(fail(StatusCode::BadMessage, "malformed request")),
+            }
+        };
+        let packet = match reply {
+            Ok(p) => p,
+            Err((code, msg)) => Packet::Status(Status {
+                id,
+                status_code: code,
+                error_message: msg,
+                language_tag: "en".into(),
+            }),
+        };
+        Bytes::try_from(packet).unwrap_or_else(|_| Bytes::new())
+    }
+
+    async fn dispatch(&mut self, p: Packet) -> Reply {
+        match p {
+            Packet::Init(_) => {
+                let mut v = Version::new();
+                for (k, val) in EXTENSIONS {
+                    v.extensions.insert((*k).into(), (*val).into());
+                }
+                Ok(Packet::Version(v))
+            }
+            Packet::Open(o) => self.open(o.id, &o.filename, o.pflags).await,
+            Packet::Close(c) => self.close(c.id, &c.handle).await,
+            Packet::Lstat(s) => self.stat(s.id, &s.path),
+            Packet::Stat(s) => self.stat(s.id, &s.path),
+            Packet::Fstat(s) => self.fstat(s.id, &s.handle),
+            Packet::SetStat(s) => {
+                // Clients set times right after uploading; accepted and ignored.
+                self.stat(s.id, &s.path).map(|_| ok(s.id))
+            }
+            Packet::FSetStat(s) => {
+                if self.handles.contains_key(&s.handle) {
+                    Ok(ok(s.id))
+                } else {
+                    Err(fail(StatusCode::Failure, "no such handle"))
+                }
+            }
+            Packet::OpenDir(o) => self.opendir(o.id, &o.path),
+            Packet::ReadDir(r) => match self.handles.get_mut(&r.handle) {
+                Some(Handle_::Dir(entries)) => match entries.take() {
+                    Some(files) if !files.is_empty() => Ok(Packet::Name(Name { id: r.id, files })),
+                    _ => Err(fail(StatusCode::Eof, "end of folder")),
+                },
+                _ => Err(fail(StatusCode::Failure, "not a folder handle")),
+            },
+            Packet::Remove(r) => self.remove(r.id, &r.filename).await,
+            Packet::Rename(r) => self.rename(r.id, &r.oldpath, &r.newpath, false).await,
+            Packet::RealPath(r) => match self.resolve("realpath", &r.path) {
+                Ok(node) => {
+                    let path = node.path();
+                    Ok(Packet::Name(Name {
+                        id: r.id,
+                        files: vec![File {
+                            filename: path.clone(),
+                            longname: path,
+                            attrs: FileAttributes::default(),
+                        }],
+                    }))
+                }
+                Err(e) => Err(e),
+            },
+            Packet::MkDir(m) => {
+                Err(self.refuse("mkdir", &m.path, "only /upload and /download exist"))
+            }
+            Packet::RmDir(m) => {
+                Err(self.refuse("rmdir", &m.path, "only /upload and /download exist"))
+            }
+            Packet::Symlink(s) => Err(self.refuse("symlink", &s.linkpath, "links are not offered")),
+            Packet::ReadLink(s) => Err(self.refuse("readlink", &s.path, "links are not offered")),
+            Packet::Extended(e) => self.extended(e.id, &e.request, &e.data).await,
+            _ => Err(fail(StatusCode::OpUnsupported, "not a request")),
+        }
+    }
+
+    /// Log and build a refusal.
+    fn refuse(&self, op: &str, path: &str, why: &str) -> (StatusCode, String) {
+        tracing::warn!(event = "sftp.refused", user = %self.account.username, peer = %self.account.peer, op, path = %path.escape_debug(), "refused {op} {:?} for {}: {why}", path, self.account.username);
+        fail(StatusCode::PermissionDenied, format!("{op} refused: {why}"))
+    }
+
+    fn resolve(&self, op: &str, path: &str) -> Result<Node, (StatusCode, String)> {
+        match vfs::resolve(path) {
+            Ok(n) => Ok(n),
+            Err(PathError::Escape(why)) => {
+                Err(self.refuse(op, path, &format!("path outside your folders ({why})")))
+            }
+            Err(PathError::NotFound) => {
+                tracing::info!(event = "sftp.not_found", user = %self.account.username, peer = %self.account.peer, op, path = %path.escape_debug(), "{op}: no such path");
+                Err(fail(
+                    StatusCode::NoSuchFile,
+                    "no such file: only /upload and /download exist",
+                ))
+            }
+        }
+    }
+
+    fn new_handle(&mut self, h: Handle_) -> Result<String, (StatusCode, String)> {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(fail(
+                StatusCode::Failure,
+                format!("too many open handles (at most {MAX_HANDLES}); close some"),
+            ));
+        }
+        self.next_handle += 1;
+        let name = self.next_handle.to_string();
+        self.handles.insert(name.clone(), h);
+        Ok(name)
+    }
+
+    async fn open(&mut self, id: u32, path: &str, flags: russh_sftp::protocol::OpenFlags) -> Reply {
+        use russh_sftp::protocol::OpenFlags as F;
+        let node = self.resolve("open", path)?;
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(fail(
+                StatusCode::Failure,
+                format!("too many open handles (at most {MAX_HANDLES}); close some"),
+            ));
+        }
+        let writing = flags.intersects(F::WRITE | F::APPEND | F::CREATE | F::TRUNCATE);
+        match node {
+            Node::Upload(name) => {
+                if !writing {
+                    return Err(self.refuse("read", path, "files in /upload cannot be read back; receipts and returns are in /download"));
+                }
+                self.open_upload(id, name, flags).await
+            }
+            Node::Download(name) => {
+                if writing {
+                    return Err(self.refuse(
+                        "write",
+                        path,
+                        "/download is read-only; upload into /upload",
+                    ));
+                }
+                let file = self.open_download(&name)?;
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let h = self.new_handle(Handle_::Read { file, name, size })?;
+                Ok(Packet::Handle(Handle { id, handle: h }))
+            }
+            _ => Err(fail(StatusCode::Failure, "that is a folder")),
+        }
+    }
+
+    /// Open a file of the download folder without following links: the opened file must be
+    /// the regular file the folder lists (same device and inode as its lstat).
+    fn open_download(&self, name: &str) -> Result<std::fs::File, (StatusCode, String)> {
+        let path = self
+            .shared
+            .pipeline
+            .layout
+            .download(&self.account.partner)
+            .join(name);
+        let not_found = || {
+            fail(
+                StatusCode::NoSuchFile,
+                format!("no such file: /download/{name}"),
+            )
+        };
+        if name.starts_with('.') {
+            return Err(not_found()); // in-flight deliveries are hidden
+        }
+        let meta = std::fs::symlink_metadata(&path).map_err(|_| not_found())?;
+        if !meta.file_type().is_file() {
+            return Err(self.refuse("open", &format!("/download/{name}"), "not a regular file"));
+        }
+        let f = std::fs::File::open(&path).map_err(|_| not_found())?;
+        let m2 = f.metadata().map_err(|_| not_found())?;
+        if m2.dev() != meta.dev() || m2.ino() != meta.ino() {
+            return Err(self.refuse(
+                "open",
+                &format!("/download/{name}"),
+                "the file changed while opening",
+            ));
+        }
+        Ok(f)
+    }
+
+    async fn open_upload(
+        &mut self,
+        id: u32,
+        name: String,
+        flags: russh_sftp::protocol::OpenFlags,
+    ) -> Reply {
+        use russh_sftp::protocol::OpenFlags as F;
+        let settings = &self.shared.settings;
+        // Resume a closed temporary upload (WinSCP, lftp) unless the client truncates it.
+        let parked = self.shared.take_parked(&self.account, &name);
+        let (upload, start_size) = match parked {
+            Some(p) if !flags.contains(F::TRUNCATE) && !flags.contains(F::EXCLUDE) => {
+                (p.upload, p.size)
+            }
+            Some(p) => {
+                p.upload.abandon();
+                (self.new_upload()?, 0)
+            }
+            None => {
+                if !self.shared.mark_writing(&self.account, &name) {
+                    return Err(fail(
+                        StatusCode::Failure,
+                        format!("{name} is being uploaded in another session"),
+                    ));
+                }
+                match self.new_upload() {
+                    Ok(u) => (u, 0),
+                    Err(e) => {
+                        self.shared.forget_writing(&self.account, &name);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        self.shared.set_writing(&self.account, &name);
+        let (mut limit, mut limit_reason) = (
+            settings.max_file_size,
+            "the file is larger than the server's maximum file size",
+        );
+        if let Some(q) = self.account.quota {
+            let used = self.shared.used_bytes(&self.account);
+            let left = q.saturating_sub(used) + start_size;
+            if left < limit {
+                limit = left;
+                limit_reason = "your disk quota is used up (fetch and delete files in /download)";
+            }
+        }
+        let (tx, worker) = start_writer(upload, start_size);
+        let open = OpenUpload {
+            name: name.clone(),
+            tx,
+            worker,
+            size: start_size,
+            limit,
+            limit_reason,
+            failed: None,
+        };
+        // Room for the handle was checked in `open`.
+        let h = self.new_handle(Handle_::Upload(open))?;
+        tracing::debug!(event = "sftp.upload.open", user = %self.account.username, name = %name);
+        Ok(Packet::Handle(Handle { id, handle: h }))
+    }
+
+    fn new_upload(&self) -> Result<Upload, (StatusCode, String)> {
+        self.shared.pipeline.new_upload().map_err(|e| {
+            tracing::error!(event = "sftp.upload.failed", user = %self.account.username, "cannot start an upload in the spool: {e}");
+            fail(StatusCode::Failure, "the server cannot store files right now; try again later")
+        })
+    }
+
+    async fn write(&mut self, id: u32, handle: &str, offset: u64, data: Bytes) -> Reply {
+        let Some(h) = self.handles.get_mut(handle) else {
+            return Err(fail(StatusCode::Failure, "no such handle"));
+        };
+        let Handle_::Upload(u) = h else {
+            return Err(fail(StatusCode::PermissionDenied, "this file is read-only"));
+        };
+        let end = offset.saturating_add(data.len() as u64);
+        if end > u.limit {
+            let reason = u.limit_reason;
+            tracing::warn!(event = "sftp.upload.limit", user = %self.account.username, name = %u.name, limit = u.limit, "upload of {} refused at {end} bytes: {reason}", u.name);
+            let msg = format!("{reason} (limit {} bytes)", u.limit);
+            u.failed = Some(msg.clone());
+            return Err(fail(StatusCode::Failure, msg));
+        }
+        u.size = u.size.max(end);
+        if u.tx.send(WriterCmd::Write(offset, data)).await.is_err() {
+            return Err(fail(StatusCode::Failure, "write failed"));
+        }
+        Ok(ok(id))
+    }
+
+    fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Bytes {
+        let status = |code: StatusCode, msg: &str| {
+            Bytes::try_from(Packet::status(id, code, msg, "en")).unwrap_or_default()
+        };
+        let Some(h) = self.handles.get(handle) else {
+            return status(StatusCode::Failure, "no such handle");
+        };
+        let Handle_::Read { file, size, .. } = h else {
+            return status(
+                StatusCode::PermissionDenied,
+                "files in /upload cannot be read back",
+            );
+        };
+        // Never more than what is left: the buffer is zero-filled, and small files are the
+        // common case.
+        let left = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let want = (len as usize).min(MAX_READ_WRITE as usize).min(left);
+        if want == 0 {
+            return status(StatusCode::Eof, "end of file");
+        }
+        // Build the DATA reply in place: length, type, id, data length, data.
+        let mut buf = BytesMut::with_capacity(13 + want);
+        buf.put_u32(0);
+        buf.put_u8(SSH_FXP_DATA);
+        buf.put_u32(id);
+        buf.put_u32(0);
+        buf.resize(13 + want, 0);
+        let mut got = 0;
+        while got < want {
+            match file.read_at(&mut buf[13 + got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return status(StatusCode::Failure, "read failed"),
+            }
+        }
+        if got == 0 {
+            return status(StatusCode::Eof, "end of file");
+        }
+        buf.truncate(13 + got);
+        let total = (9 + got) as u32;
+        buf[0..4].copy_from_slice(&total.to_be_bytes());
+        buf[9..13].copy_from_slice(&(got as u32).to_be_bytes());
+        buf.freeze()
+    }
+
+    async fn close(&mut self, id: u32, handle: &str) -> Reply {
+        let Some(h) = self.handles.remove(handle) else {
+            return Err(fail(StatusCode::Failure, "no such handle"));
+        };
+        let u = match h {
+            Handle_::Upload(u) => u,
+            Handle_::Read { name, .. } => {
+                tracing::info!(event = "sftp.download", user = %self.account.username, peer = %self.account.peer, name = %name, "{} fetched /download/{name}", self.account.username);
+                return Ok(ok(id));
+            }
+            Handle_::Dir(_) => return Ok(ok(id)),
+        };
+        drop(u.tx);
+        let done = match u.worker.await {
+            Ok(d) => d,
+            Err(_) => {
+                self.shared.forget_writing(&self.account, &u.name);
+                return Err(fail(
+                    StatusCode::Failure,
+                    "the upload failed on the server; send it again",
+                ));
+            }
+        };
+        if let Some(why) = u.failed {
+            done.upload.abandon();
+            let msg = format!("{} was NOT accepted: {why}", u.name);
+            self.shared.refused(&self.account, &u.name, msg.clone());
+            return Err(fail(StatusCode::Failure, msg));
+        }
+        if let Some(e) = &done.error {
+            tracing::error!(event = "sftp.upload.failed", user = %self.account.username, name = %u.name, "writing {} failed: {e}", u.name);
+            self.shared.forget_writing(&self.account, &u.name);
+            done.upload.abandon();
+            return Err(fail(
+                StatusCode::Failure,
+                "the server could not store the file (disk problem); it was NOT accepted; send it again later",
+            ));
+        }
+        if vfs::is_temp_name(&self.shared.settings.temp_name_patterns, &u.name) {
+            // Not final yet: kept until renamed to a final name (or the account's last
+            // session ends).
+            self.shared
+                .park(&self.account, &u.name, done.upload, done.sha256, done.size);
+            return Ok(ok(id));
+        }
+        self.hand_over(id, u.name, done.upload, done.sha256, done.size)
+            .await
+    }
+
+    /// Give a finished upload to the pipeline; the reply is the customer's receipt.
+    async fn hand_over(
+        &mut self,
+        id: u32,
+        name: String,
+        upload: Upload,
+        sha256: Option<String>,
+        size: u64,
+    ) -> Reply {
+        let pipeline = self.shared.pipeline.clone();
+        let partner = self.account.partner.clone();
+        let n = name.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            pipeline.ingest(
+                &partner,
+                "sftp",
+                vec![Incoming {
+                    name: n,
+                    body: Body::Upload(upload, sha256),
+                }],
+            )
+        })
+        .await;
+        let outcome = match result {
+            Ok(Ok(mut v)) if v.len() == 1 => v.remove(0),
+            Ok(Ok(_)) | Err(_) => {
+                self.shared.forget_writing(&self.account, &name);
+                tracing::error!(event = "sftp.ingest.failed", user = %self.account.username, name = %name, "the pipeline did not answer for {name}");
+                return Err(fail(
+                    StatusCode::Failure,
+                    "not accepted: internal error; send the file again",
+                ));
+            }
+            Ok(Err(e)) => {
+                self.shared.forget_writing(&self.account, &name);
+                tracing::error!(event = "sftp.ingest.failed", user = %self.account.username, name = %name, "{e}");
+                return Err(fail(
+                    StatusCode::Failure,
+                    "not accepted: the server could not record the file; send it again later",
+                ));
+            }
+        };
+        match outcome {
+            Ok(Outcome::Accepted { id: file_id, .. }) => {
+                self.shared.accepted(&self.account, &name, size);
+                tracing::info!(event = "sftp.upload.accepted", user = %self.account.username, peer = %self.account.peer, name = %name, file_id, size, "receipt sent for {name} (ledger id {file_id})");
+                Ok(ok(id))
+            }
+            Ok(Outcome::Refused {
+                id: file_id,
+                code,
+                reason,
+            }) => {
+                let msg = format!(
+                    "refused {name}: {code}: {reason} (ledger id {file_id}; a note is in /download)"
+                );
+                self.shared.refused(&self.account, &name, msg.clone());
+                Err(fail(StatusCode::Failure, msg))
+            }
+            Err(e) => {
+                self.shared.forget_writing(&self.account, &name);
+                Err(fail(StatusCode::Failure, format!("not accepted: {e}")))
+            }
+        }
+    }
+
+    fn node_attrs(&self, node: &Node) -> Result<FileAttributes, (StatusCode, String)> {
+        match node {
+            Node::Root => Ok(dir_attrs(false)).map(|mut a| {
+                a.mtime = Some(self.started);
+                a.atime = Some(self.started);
+                a
+            }),
+            Node::UploadDir | Node::DownloadDir => Ok(dir_attrs(true)).map(|mut a| {
+                a.mtime = Some(self.started);
+                a.atime = Some(self.started);
+                a
+            }),
+            Node::Upload(name) => {
+                if let Some(size) = self.handles.values().find_map(|h| match h {
+                    Handle_::Upload(u) if &u.name == name => Some(u.size),
+                    _ => None,
+                }) {
+                    return Ok(file_attrs(size, unix_secs(SystemTime::now()), 0o600));
+                }
+                if let Some(reason) = self.shared.refusal(&self.account, name) {
+                    return Err(fail(StatusCode::Failure, reason));
+                }
+                match self.shared.upload_entry(&self.account, name) {
+                    Some((size, mtime)) => Ok(file_attrs(size, mtime, 0o600)),
+                    None => Err(fail(
+                        StatusCode::NoSuchFile,
+                        format!("no such file: /upload/{name}"),
+                    )),
+                }
+            }
+            Node::Download(name) => {
+                let path = self
+                    .shared
+                    .pipeline
+                    .layout
+                    .download(&self.account.partner)
+                    .join(name);
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.file_type().is_file() && !name.starts_with('.') => Ok(file_attrs(
+                        m.len(),
+                        unix_secs(m.modified().unwrap_or(UNIX_EPOCH)),
+                        0o440,
+                    )),
+                    _ => Err(fail(
+                        StatusCode::NoSuchFile,
+                        format!("no such file: /download/{name}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn stat(&self, id: u32, path: &str) -> Reply {
+        let node = self.resolve("stat", path)?;
+        let attrs = self.node_attrs(&node)?;
+        Ok(Packet::Attrs(russh_sftp::protocol::Attrs { id, attrs }))
+    }
+
+    fn fstat(&self, id: u32, handle: &str) -> Reply {
+        let attrs = match self.handles.get(handle) {
+            Some(Handle_::Upload(u)) => file_attrs(u.size, unix_secs(SystemTime::now()), 0o600),
+            Some(Handle_::Read { file, .. }) => {
+                let m = file
+                    .metadata()
+                    .map_err(|_| fail(StatusCode::Failure, "stat failed"))?;
+                file_attrs(
+                    m.len(),
+                    unix_secs(m.modified().unwrap_or(UNIX_EPOCH)),
+                    0o440,
+                )
+            }
+            Some(Handle_::Dir(_)) => dir_attrs(true),
+            None => return Err(fail(StatusCode::Failure, "no such handle")),
+        };
+        Ok(Packet::Attrs(russh_sftp::protocol::Attrs { id, attrs }))
+    }
+
+    fn opendir(&mut self, id: u32, path: &str) -> Reply {
+        let node = self.resolve("opendir", path)?;
+        let files = match node {
+            Node::Root => vec![
+                File::new("upload", self.node_attrs(&Node::UploadDir)?),
+                File::new("download", self.node_attrs(&Node::DownloadDir)?),
+            ],
+            Node::UploadDir => {
+                let mut v: Vec<File> = self
+                    .shared
+                    .upload_listing(&self.account)
+                    .into_iter()
+                    .map(|(n, size, mtime)| File::new(n, file_attrs(size, mtime, 0o600)))
+                    .collect();
+                for h in self.handles.values() {
+                    if let Handle_::Upload(u) = h
+                        && !v.iter().any(|f| f.filename == u.name)
+                    {
+                        v.push(File::new(
+                            u.name.clone(),
+                            file_attrs(u.size, unix_secs(SystemTime::now()), 0o600),
+                        ));
+                    }
+                }
+                v
+            }
+            Node::DownloadDir => {
+                let dir = self.shared.pipeline.layout.download(&self.account.partner);
+                let mut v = Vec::new();
+                if let Ok(rd) = std::fs::read_dir(&dir) {
+                    for e in rd.flatten() {
+                        let Ok(name) = e.file_name().into_string() else {
+                            continue;
+                        };
+                        if name.starts_with('.') {
+                            continue; // deliveries in flight
+                        }
+                        let Ok(m) = e.metadata() else { continue };
+                        if !m.file_type().is_file() {
+                            continue;
+                        }
+                        v.push(File::new(
+                            name,
+                            file_attrs(
+                                m.len(),
+                                unix_secs(m.modified().unwrap_or(UNIX_EPOCH)),
+                                0o440,
+                            ),
+                        ));
+                    }
+                }
+                v.sort_by(|a, b| a.filename.cmp(&b.filename));
+                v
+            }
+            _ => return Err(fail(StatusCode::Failure, "not a folder")),
+        };
+        let h = self.new_handle(Handle_::Dir(Some(files)))?;
+        Ok(Packet::Handle(Handle { id, handle: h }))
+    }
+
+    async fn remove(&mut self, id: u32, path: &str) -> Reply {
+        match self.resolve("remove", path)? {
+            Node::Download(name) => {
+                let p = self
+                    .shared
+                    .pipeline
+                    .layout
+                    .download(&self.account.partner)
+                    .join(&name);
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.file_type().is_file() && !name.starts_with('.') => {}
+                    Ok(_) => return Err(self.refuse("remove", path, "not a regular file")),
+                    Err(_) => {
+                        return Err(fail(
+                            StatusCode::NoSuchFile,
+                            format!("no such file: /download/{name}"),
+                        ));
+                    }
+                }
+                match crate::spool::discard(&p) {
+                    Ok(()) => {
+                        tracing::info!(event = "sftp.download.removed", user = %self.account.username, name = %name, "customer removed /download/{name}");
+                        Ok(ok(id))
+                    }
+                    Err(e) => {
+                        tracing::error!(event = "sftp.remove.failed", user = %self.account.username, "{e}");
+                        Err(fail(StatusCode::Failure, "could not remove the file"))
+                    }
+                }
+            }
+            Node::Upload(name) => {
+                if let Some(p) = self.shared.take_parked(&self.account, &name) {
+                    p.upload.abandon();
+                    return Ok(ok(id));
+                }
+                match self.shared.upload_entry(&self.account, &name) {
+                    Some(_) => Err(self.refuse("remove", path, "the file was already handed over (accepted); it cannot be withdrawn over SFTP")),
+                    None => Err(fail(StatusCode::NoSuchFile, format!("no such file: /upload/{name}"))),
+                }
+            }
+            _ => Err(self.refuse("remove", path, "folders cannot be removed")),
+        }
+    }
+
+    async fn rename(&mut self, id: u32, old: &str, new: &str, posix: bool) -> Reply {
+        let from = self.resolve("rename", old)?;
+        let to = self.resolve("rename", new)?;
+        let (Node::Upload(a), Node::Upload(b)) = (&from, &to) else {
+            return Err(self.refuse(
+                "rename",
+                old,
+                "only uploads in /upload can be renamed, within /upload",
+            ));
+        };
+        if a == b {
+            return Ok(ok(id));
+        }
+        if self
+            .handles
+            .values()
+            .any(|h| matches!(h, Handle_::Upload(u) if &u.name == a))
+        {
+            return Err(fail(
+                StatusCode::Failure,
+                format!("{a} is still open; close it first"),
+            ));
+        }
+        if !posix && self.shared.upload_busy(&self.account, b) {
+            return Err(fail(StatusCode::Failure, format!("{b} already exists")));
+        }
+        let Some(p) = self.shared.take_parked(&self.account, a) else {
+            return match self.shared.upload_entry(&self.account, a) {
+                Some(_) => {
+                    Err(self.refuse("rename", old, "the file was already handed over (accepted)"))
+                }
+                None => Err(fail(
+                    StatusCode::NoSuchFile,
+                    format!("no such file: /upload/{a}"),
+                )),
+            };
+        };
+        if let Some(old_target) = self.shared.take_parked(&self.account, b) {
+            old_target.upload.abandon();
+        }
+        if vfs::is_temp_name(&self.shared.settings.temp_name_patterns, b) {
+            self.shared
+                .park(&self.account, b, p.upload, p.sha256, p.size);
+            return Ok(ok(id));
+        }
+        self.shared.set_writing(&self.account, b);
+        self.hand_over(id, b.clone(), p.upload, p.sha256, p.size)
+            .await
+    }
+
+    async fn extended(&mut self, id: u32, request: &str, data: &[u8]) -> Reply {
+        let mut d = Bytes::copy_from_slice(data);
+        match request {
+            "limits@openssh.com" => {
+                let mut out = BytesMut::with_capacity(32);
+                out.put_u64(u64::from(MAX_PACKET) - 1024);
+                out.put_u64(MAX_READ_WRITE);
+                out.put_u64(MAX_READ_WRITE);
+                out.put_u64(MAX_HANDLES as u64);
+                Ok(Packet::ExtendedReply(ExtendedReply {
+                    id,
+                    data: out.to_vec(),
+                }))
+            }
+            "posix-rename@openssh.com" => {
+                let (Some(a), Some(b)) = (get_string(&mut d), get_string(&mut d)) else {
+                    return Err(fail(StatusCode::BadMessage, "malformed posix-rename"));
+                };
+                self.rename(id, &a, &b, true).await
+            }
+            "fsync@openssh.com" => {
+                let Some(h) = get_string(&mut d) else {
+                    return Err(fail(StatusCode::BadMessage, "malformed fsync"));
+                };
+                match self.handles.get(&h) {
+                    Some(Handle_::Upload(u)) => {
+                        let (tx, rx) = oneshot::channel();
+                        if u.tx.send(WriterCmd::Sync(tx)).await.is_err() {
+                            return Err(fail(StatusCode::Failure, "fsync failed"));
+                        }
+                        match rx.await {
+                            Ok(Ok(())) => Ok(ok(id)),
+                            _ => Err(fail(StatusCode::Failure, "fsync failed")),
+                        }
+                    }
+                    Some(_) => Ok(ok(id)),
+                    None => Err(fail(StatusCode::Failure, "no such handle")),
+                }
+            }
+            "statvfs@openssh.com" => {
+                let Some(path) = get_string(&mut d) else {
+                    return Err(fail(StatusCode::BadMessage, "malformed statvfs"));
+                };
+                self.resolve("statvfs", &path)?;
+                // Meaningful only as the account's quota: the server's disks are not the
+                // customer's business.
+                let Some(quota) = self.account.quota else {
+                    return Err(fail(
+                        StatusCode::OpUnsupported,
+                        "no quota is set for this account",
+                    ));
+                };
+                let used = self.shared.used_bytes(&self.account);
+                let bs = 4096u64;
+                let blocks = quota / bs;
+                let free = quota.saturating_sub(used) / bs;
+                let mut out = BytesMut::with_capacity(88);
+                for v in [bs, bs, blocks, free, free, 0, 0, 0, 0, 0, 255] {
+                    out.put_u64(v);
+                }
+                Ok(Packet::ExtendedReply(ExtendedReply {
+                    id,
+                    data: out.to_vec(),
+                }))
+            }
+            other => {
+                tracing::info!(event = "sftp.unsupported", user = %self.account.username, request = %other.escape_debug(), "extension {other:?} is not offered");
+                Err(fail(
+                    StatusCode::OpUnsupported,
+                    format!("{other} is not supported"),
+                ))
+            }
+        }
+    }
+}
+
+fn get_string(b: &mut Bytes) -> Option<String> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    if b.remaining() < n {
+        return None;
+    }
+    String::from_utf8(b.split_to(n).to_vec()).ok()
+}
+
+/// WRITE after type and id: handle (string), offset (u64), data (string).
+fn parse_write(mut b: Bytes) -> Option<(String, u64, Bytes)> {
+    let handle = get_string(&mut b)?;
+    if b.remaining() < 12 {
+        return None;
+    }
+    let offset = b.get_u64();
+    let n = b.get_u32() as usize;
+    if b.remaining() < n {
+        return None;
+    }
+    Some((handle, offset, b.split_to(n)))
+}
+
+/// READ after type and id: handle (string), offset (u64), length (u32).
+fn parse_read(mut b: Bytes) -> Option<(String, u64, u32)> {
+    let handle = get_string(&mut b)?;
+    if b.remaining() < 12 {
+        return None;
+    }
+    Some((handle, b.get_u64(), b.get_u32()))
+}

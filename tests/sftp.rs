@@ -1,0 +1,987 @@
+//! sluss's own SFTP server against the clients customers run: OpenSSH `sftp` and `scp`,
+//! paramiko, rclone, lftp and PuTTY's psftp. Every allowed operation has a refused twin.
+//! Each test starts its own `sluss serve` on a free port (listen = 127.0.0.1:0; the daemon
+//! writes the bound port to var/sftp.port) with pre-generated host and client keys, and
+//! pins the host key in the clients (never "accept any host key").
+
+use crate::util::{self, TEST_KEY_HEX};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEMO_BG: &str = "0009912346";
+const OTHER_BG: &str = "0001234566";
+/// The second account's password (its Argon2id hash is made with `sluss passwd`).
+const ACME_PASSWORD: &str = "correct horse battery staple";
+
+/// How long the tests wait for something that should happen within a second or two.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn lb_order(sender: &str, n: usize, seed: u64) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut rec = |line: Vec<u8>| {
+        assert_eq!(line.len(), 80);
+        out.extend_from_slice(&line);
+        out.extend_from_slice(b"\r\n");
+    };
+    let mut tk11 = format!("11{sender}261129").into_bytes();
+    tk11.extend_from_slice(b"LEVERANTORSBETALNINGAR");
+    tk11.extend_from_slice(b"GENAST");
+    tk11.extend_from_slice(&[b' '; 13]);
+    tk11.extend_from_slice(b"SEK");
+    tk11.extend_from_slice(&[b' '; 18]);
+    rec(tk11);
+    let mut total: u64 = 0;
+    for i in 0..n {
+        let amount = 100 + (seed * 7919 + i as u64 * 104_729) % 9_999_900;
+        total += amount;
+        let reference = format!("{:<25}", format!("REF{seed}X{i}"));
+        rec(format!(
+            "14{OTHER_BG}{reference}{amount:012}GENAST     {:<20}",
+            format!("VERIF {seed}-{i}")
+        )
+        .into_bytes());
+    }
+    rec(format!("29{sender}{n:08}{total:012} {:47}", "").into_bytes());
+    out
+}
+
+fn sealed(content: &[u8]) -> Vec<u8> {
+    let key = sluss::seal::SealKey::from_hex(TEST_KEY_HEX).unwrap();
+    let mut out = Vec::new();
+    sluss::seal::seal_stream(&key, "261129", content, &mut out).unwrap();
+    out
+}
+
+/// A sealed payment order of the demo customer, distinct per seed.
+fn good_order(seed: u64) -> Vec<u8> {
+    sealed(&lb_order(DEMO_BG, 3, seed))
+}
+
+/// The same with one payment amount changed after sealing.
+fn tampered_order(seed: u64) -> Vec<u8> {
+    let mut b = good_order(seed);
+    let text = String::from_utf8_lossy(&b).into_owned();
+    let i = text.find("\r\n14").unwrap() + 2 + 37;
+    b[i] = if b[i] == b'9' { b'1' } else { b'9' };
+    b
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A child process killed (by PID) when dropped.
+struct Guarded(Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Extra lines for sluss.toml's [sftp] table.
+#[derive(Default)]
+struct Opts {
+    sftp_extra: &'static str,
+    demo_extra: &'static str,
+}
+
+/// A gateway with its SFTP server running.
+struct Gw {
+    dir: tempfile::TempDir,
+    port: u16,
+    _serve: Guarded,
+}
+
+fn keygen(path: &Path, kind: &str) {
+    let mut c = Command::new("ssh-keygen");
+    c.args(["-q", "-N", "", "-t", kind, "-f"]).arg(path);
+    if kind == "rsa" {
+        c.args(["-b", "3072"]);
+    }
+    let o = run(&mut c);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+impl Gw {
+    fn start() -> Gw {
+        Gw::start_with(Opts::default())
+    }
+
+    fn start_with(opts: Opts) -> Gw {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        fs::create_dir_all(p.join("jobs.d")).unwrap();
+        fs::create_dir_all(p.join("keys")).unwrap();
+        fs::set_permissions(p.join("keys"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::copy(
+            root.join("jobs.d/demo-bank.toml"),
+            p.join("jobs.d/demo-bank.toml"),
+        )
+        .unwrap();
+        let demo = fs::read_to_string(root.join("jobs.d/demo.toml")).unwrap();
+        fs::write(
+            p.join("jobs.d/demo.toml"),
+            format!("{demo}\n{}\n", opts.demo_extra),
+        )
+        .unwrap();
+        let hash = {
+            let mut c = util::sluss()
+                .arg("passwd")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            writeln!(c.stdin.take().unwrap(), "{ACME_PASSWORD}").unwrap();
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success());
+            String::from_utf8(o.stdout).unwrap().trim().to_string()
+        };
+        fs::write(
+            p.join("jobs.d/acme.toml"),
+            format!(
+                "[partner]\nid = \"acme\"\nname = \"Acme AB\"\nrole = \"customer\"\n\
+                 [routing]\nbankgiro = [\"5050-1055\"]\n\
+                 [seal]\nrequired = false\n[payments]\nbank = \"demo-bank\"\n\
+                 [sftp]\npassword_hash = \"{hash}\"\n"
+            ),
+        )
+        .unwrap();
+        fs::write(
+            p.join("sluss.toml"),
+            format!(
+                "data_dir = \"var\"\n[sftp]\nlisten = \"127.0.0.1:0\"\nban_failures = 3\n\
+                 ban_seconds = 2\nban_max_seconds = 4\n{}\n",
+                opts.sftp_extra
+            ),
+        )
+        .unwrap();
+        let seal = p.join("keys/demo.seal");
+        fs::write(&seal, format!("{TEST_KEY_HEX}\n")).unwrap();
+        fs::set_permissions(&seal, fs::Permissions::from_mode(0o600)).unwrap();
+        // Pre-generated keys: RSA generation in a debug build is slow.
+        keygen(&p.join("keys/ssh_host_ed25519_key"), "ed25519");
+        keygen(&p.join("keys/ssh_host_rsa_key"), "rsa");
+        keygen(&p.join("keys/demo.id_ed25519"), "ed25519");
+        fs::copy(
+            p.join("keys/demo.id_ed25519.pub"),
+            p.join("keys/demo.authorized_keys"),
+        )
+        .unwrap();
+        keygen(&p.join("keys/stranger"), "ed25519");
+        let host = fs::read_to_string(p.join("keys/ssh_host_ed25519_key.pub")).unwrap();
+        let host_rsa = fs::read_to_string(p.join("keys/ssh_host_rsa_key.pub")).unwrap();
+
+        let log = fs::File::create(p.join("serve.log")).unwrap();
+        let child = util::sluss()
+            .args(["serve", "--config"])
+            .arg(p)
+            .env("SLUSS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let serve = Guarded(child);
+        let port_file = p.join("var/sftp.port");
+        let end = Instant::now() + PATIENCE;
+        let port = loop {
+            if let Ok(t) = fs::read_to_string(&port_file)
+                && let Ok(port) = t.trim().parse::<u16>()
+            {
+                break port;
+            }
+            assert!(
+                Instant::now() < end,
+                "no port file; log:\n{}",
+                fs::read_to_string(p.join("serve.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        fs::write(
+            p.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {host}[127.0.0.1]:{port} {host_rsa}"),
+        )
+        .unwrap();
+        Gw {
+            dir,
+            port,
+            _serve: serve,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn key(&self) -> PathBuf {
+        self.path().join("keys/demo.id_ed25519")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn ssh_opts(&self) -> Vec<String> {
+        vec![
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!(
+                "UserKnownHostsFile={}",
+                self.path().join("known_hosts").display()
+            ),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "ConnectTimeout=30".into(),
+        ]
+    }
+
+    /// OpenSSH `sftp -b` with the demo key; (success, output).
+    fn sftp(&self, batch: &str) -> (bool, String) {
+        self.sftp_as("demo", &self.key(), batch)
+    }
+
+    fn sftp_as(&self, user: &str, key: &Path, batch: &str) -> (bool, String) {
+        let bf = self.path().join("batch");
+        fs::write(&bf, batch).unwrap();
+        let o = run(Command::new("timeout")
+            .arg("120")
+            .arg("sftp")
+            .args(self.ssh_opts())
+            .arg("-i")
+            .arg(key)
+            .arg("-P")
+            .arg(self.port.to_string())
+            .arg("-b")
+            .arg(&bf)
+            .arg(format!("{user}@127.0.0.1"))
+            .current_dir(self.path()));
+        (o.status.success(), text(&o))
+    }
+
+    /// Run a paramiko script. The script gets `sftp` (connected as demo with its key, or
+    /// as `USER` with `PASSWORD` when set) and prints results; exceptions are printed too.
+    fn paramiko(&self, body: &str, env: &[(&str, &str)]) -> String {
+        let script = format!(
+            r#"
+import os, sys, socket, paramiko
+def connect(user=None, password=None, key=True):
+    c = paramiko.SSHClient()
+    c.load_host_keys(os.environ["KNOWN"])
+    c.set_missing_host_key_policy(paramiko.RejectPolicy())
+    kw = dict(hostname="127.0.0.1", port=int(os.environ["PORT"]), username=user or "demo",
+              allow_agent=False, look_for_keys=False, timeout=30, banner_timeout=30, auth_timeout=30)
+    if password is not None:
+        kw["password"] = password
+    elif key:
+        kw["key_filename"] = os.environ["KEY"]
+    c.connect(**kw)
+    return c
+def attempt(label, f):
+    try:
+        r = f()
+        print(label, "OK", r if r is not None else "")
+    except Exception as e:
+        print(label, "ERR", type(e).__name__, e)
+{body}
+"#
+        );
+        let o = run(Command::new("timeout")
+            .arg("120")
+            .arg("/usr/bin/python3")
+            .arg("-c")
+            .arg(script)
+            .env("KNOWN", self.path().join("known_hosts"))
+            .env("PORT", self.port.to_string())
+            .env("KEY", self.key())
+            .envs(env.iter().copied())
+            .current_dir(self.path()));
+        text(&o)
+    }
+
+    fn ledger(&self) -> Vec<serde_json::Value> {
+        let o = run(util::sluss()
+            .args(["ledger", "list", "--json", "--config"])
+            .arg(self.path())
+            .env("SLUSS_LOG", "warn"));
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn outbox(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.path().join("var/bank-outbox"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn download_dir(&self, partner: &str) -> PathBuf {
+        self.path().join("var/download").join(partner)
+    }
+
+    fn incoming_temps(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.path().join("var/spool/incoming"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.path().join(name);
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + PATIENCE;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+#[test]
+fn openssh_sftp_sealed_upload_is_delivered_and_tampered_one_is_refused_at_close() {
+    let g = Gw::start();
+    let good = good_order(1);
+    g.write("pay1.txt", &good);
+    let (ok, out) = g.sftp("put -f pay1.txt /upload/pay1.txt\n");
+    assert!(ok, "{out}\n{}", g.log());
+    // The receipt came after the ledger record: it is there now.
+    let l = g.ledger();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["source"], "sftp");
+    assert!(wait_for(|| g.outbox().len() == 1), "{}", g.log());
+    assert_eq!(
+        fs::read(&g.outbox()[0]).unwrap(),
+        good,
+        "delivered byte-identical"
+    );
+
+    // Refused twin: a tampered file fails at CLOSE, is quarantined, and a note appears.
+    g.write("pay2.txt", &tampered_order(2));
+    let (ok, out) = g.sftp("put pay2.txt /upload/pay2.txt\n");
+    assert!(!ok, "a tampered file must not get a receipt: {out}");
+    let l = g.ledger();
+    let q: Vec<_> = l.iter().filter(|r| r["state"] == "quarantined").collect();
+    assert_eq!(q.len(), 1, "{l:?}");
+    let (ok, out) = g.sftp("ls -1 /download\n");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("REJECTED-"),
+        "rejection note in /download: {out}"
+    );
+    assert_eq!(g.outbox().len(), 1, "nothing more reached the bank");
+
+    // paramiko shows the one-line reason the ERP logs.
+    g.write("pay3.txt", &tampered_order(3));
+    let out = g.paramiko(
+        "s = connect().open_sftp()\nattempt('put', lambda: s.put('pay3.txt', '/upload/pay3.txt'))",
+        &[],
+    );
+    assert!(out.contains("put ERR"), "{out}");
+    assert!(
+        out.contains("seal:content-changed") || out.contains("seal"),
+        "{out}"
+    );
+}
+
+#[test]
+fn temp_name_upload_is_ingested_once_after_the_rename() {
+    let g = Gw::start();
+    g.write("pay.txt", &good_order(10));
+    g.write("pay2.txt", &good_order(11));
+    let out = g.paramiko(
+        r#"
+c = connect(); s = c.open_sftp()
+attempt('put-tmp', lambda: s.put('pay.txt', '/upload/pay.txt.filepart', confirm=True).st_size)
+print('LEDGER-AFTER-PUT', os.popen(os.environ['LEDGER']).read().count('"id"'))
+attempt('listed', lambda: s.listdir('/upload'))
+attempt('rename', lambda: s.rename('/upload/pay.txt.filepart', '/upload/pay.txt'))
+attempt('stat-after', lambda: s.stat('/upload/pay.txt').st_size)
+attempt('utime', lambda: s.utime('/upload/pay.txt', (1700000000, 1700000000)))
+attempt('read-back', lambda: s.open('/upload/pay.txt', 'r').read())
+attempt('put-dot', lambda: s.put('pay2.txt', '/upload/.pay2.txt', confirm=True).st_size)
+attempt('posix-rename', lambda: s.posix_rename('/upload/.pay2.txt', '/upload/pay2.txt'))
+attempt('rename-again', lambda: s.rename('/upload/pay.txt', '/upload/other.txt'))
+"#,
+        &[(
+            "LEDGER",
+            &format!(
+                "{} ledger list --json --config {}",
+                env!("CARGO_BIN_EXE_sluss"),
+                g.path().display()
+            ),
+        )],
+    );
+    assert!(out.contains("put-tmp OK"), "{out}\n{}", g.log());
+    assert!(
+        out.contains("LEDGER-AFTER-PUT 0"),
+        "nothing ingested before the rename: {out}"
+    );
+    assert!(out.contains("pay.txt.filepart"), "{out}");
+    assert!(out.contains("rename OK"), "{out}\n{}", g.log());
+    assert!(
+        out.contains("stat-after OK"),
+        "accepted file stays visible: {out}"
+    );
+    assert!(out.contains("utime OK"), "setting times is accepted: {out}");
+    assert!(
+        out.contains("read-back ERR"),
+        "reading back is not offered: {out}"
+    );
+    assert!(out.contains("posix-rename OK"), "{out}");
+    assert!(
+        out.contains("rename-again ERR"),
+        "an accepted file cannot be renamed: {out}"
+    );
+    let l = g.ledger();
+    assert_eq!(l.len(), 2, "each ingested exactly once: {l:?}");
+    let names: Vec<_> = l
+        .iter()
+        .map(|r| r["original_name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(names.contains(&"pay.txt".to_string()), "{names:?} / {l:?}");
+}
+
+#[test]
+fn escapes_other_accounts_and_disallowed_operations_are_refused() {
+    let g = Gw::start();
+    fs::create_dir_all(g.download_dir("acme")).unwrap();
+    fs::write(g.download_dir("acme").join("acme-secret.txt"), b"acme only").unwrap();
+    fs::create_dir_all(g.download_dir("demo")).unwrap();
+    fs::write(g.download_dir("demo").join("receipt.txt"), b"for demo").unwrap();
+    std::os::unix::fs::symlink(
+        g.download_dir("acme").join("acme-secret.txt"),
+        g.download_dir("demo").join("link.txt"),
+    )
+    .unwrap();
+    let out = g.paramiko(
+        r#"
+s = connect().open_sftp()
+attempt('root', lambda: sorted(s.listdir('/')))
+attempt('download', lambda: sorted(s.listdir('/download')))
+attempt('own', lambda: s.open('/download/receipt.txt').read())
+attempt('dotdot', lambda: s.open('/download/../../acme/acme-secret.txt').read())
+attempt('dotdot2', lambda: s.listdir('/..'))
+attempt('abs', lambda: s.open('/etc/passwd').read())
+attempt('other', lambda: s.open('/download/../download/../../download/acme/acme-secret.txt').read())
+attempt('link', lambda: s.open('/download/link.txt').read())
+attempt('symlink', lambda: s.symlink('/etc/passwd', '/upload/x'))
+attempt('mkdir', lambda: s.mkdir('/upload/sub'))
+attempt('rmdir', lambda: s.rmdir('/upload'))
+attempt('write-download', lambda: s.open('/download/new.txt', 'w').write('x'))
+attempt('backslash', lambda: s.open('/upload/..\\..\\x', 'w').write('x'))
+attempt('realpath', lambda: s.normalize('/upload/../download'))
+"#,
+        &[],
+    );
+    assert!(out.contains("root OK ['download', 'upload']"), "{out}");
+    assert!(
+        out.contains("download OK ['receipt.txt']"),
+        "links and other accounts are not listed: {out}"
+    );
+    assert!(out.contains("own OK b'for demo'"), "{out}");
+    for refused in [
+        "dotdot",
+        "dotdot2",
+        "abs",
+        "other",
+        "link",
+        "symlink",
+        "mkdir",
+        "rmdir",
+        "write-download",
+        "backslash",
+    ] {
+        assert!(
+            out.contains(&format!("{refused} ERR")),
+            "{refused} must be refused: {out}"
+        );
+    }
+    assert!(out.contains("realpath OK /download"), "{out}");
+    assert!(!out.contains("acme only"), "{out}");
+    assert!(g.log().contains("sftp.refused"), "refusals are logged");
+    // Nothing was created anywhere.
+    assert!(g.ledger().is_empty());
+    assert!(!g.download_dir("demo").join("new.txt").exists());
+}
+
+#[test]
+fn download_folder_lists_reads_and_deletes_with_openssh_sftp() {
+    let g = Gw::start();
+    fs::create_dir_all(g.download_dir("demo")).unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(g.download_dir("demo").join("return-1.dat"), &body).unwrap();
+    let (ok, out) =
+        g.sftp("ls -l /download\nget /download/return-1.dat got.dat\nrm /download/return-1.dat\n");
+    assert!(ok, "{out}\n{}", g.log());
+    assert_eq!(fs::read(g.path().join("got.dat")).unwrap(), body);
+    assert!(
+        !g.download_dir("demo").join("return-1.dat").exists(),
+        "deleted after fetching"
+    );
+    // Refused twins: removing what is not there, and getting from /upload.
+    let (ok, _) = g.sftp("rm /download/return-1.dat\n");
+    assert!(!ok);
+    let (ok, _) = g.sftp("get /upload/anything.txt x\n");
+    assert!(!ok);
+}
+
+#[test]
+fn scp_uploads_in_sftp_mode_and_legacy_scp_is_refused_without_hanging() {
+    let g = Gw::start();
+    let f = g.write("scp-pay.txt", &good_order(20));
+    let dest = "demo@127.0.0.1:/upload/scp-pay.txt";
+    let mut c = Command::new("timeout");
+    c.arg("120")
+        .arg("scp")
+        .args(g.ssh_opts())
+        .arg("-i")
+        .arg(g.key())
+        .arg("-P")
+        .arg(g.port.to_string());
+    let o = run(c.arg(&f).arg(dest));
+    assert!(o.status.success(), "{}\n{}", text(&o), g.log());
+    assert_eq!(g.ledger().len(), 1);
+
+    let f2 = g.write("scp-pay2.txt", &good_order(21));
+    let mut c = Command::new("timeout");
+    c.arg("60")
+        .arg("scp")
+        .arg("-O")
+        .args(g.ssh_opts())
+        .arg("-i")
+        .arg(g.key())
+        .arg("-P")
+        .arg(g.port.to_string());
+    let o = run(c.arg(&f2).arg("demo@127.0.0.1:/upload/scp-pay2.txt"));
+    assert!(
+        !o.status.success(),
+        "legacy scp must be refused: {}",
+        text(&o)
+    );
+    assert_ne!(
+        o.status.code(),
+        Some(124),
+        "legacy scp must not hang: {}",
+        text(&o)
+    );
+    assert_eq!(g.ledger().len(), 1, "nothing ingested by legacy scp");
+    // A shell is refused too, cleanly.
+    let o = run(Command::new("timeout")
+        .arg("60")
+        .arg("ssh")
+        .args(g.ssh_opts())
+        .arg("-i")
+        .arg(g.key())
+        .arg("-p")
+        .arg(g.port.to_string())
+        .arg("demo@127.0.0.1")
+        .arg("cat /etc/passwd"));
+    assert!(!o.status.success());
+    assert_ne!(o.status.code(), Some(124), "{}", text(&o));
+    assert!(!text(&o).contains("root:"), "{}", text(&o));
+}
+
+#[test]
+fn disconnect_mid_upload_ingests_nothing_and_cleans_up() {
+    let g = Gw::start();
+    let out = g.paramiko(
+        r#"
+c = connect(); s = c.open_sftp()
+f = s.open('/upload/big.txt', 'w')
+f.write(b'x' * 1000000)
+f.flush()
+c.get_transport().sock.close()
+print('CUT')
+"#,
+        &[],
+    );
+    assert!(out.contains("CUT"), "{out}");
+    assert!(
+        wait_for(|| g.log().contains("sftp.upload.abandoned")),
+        "{}",
+        g.log()
+    );
+    assert!(
+        wait_for(|| g.incoming_temps().is_empty()),
+        "partial data removed: {:?}",
+        g.incoming_temps()
+    );
+    assert!(g.ledger().is_empty(), "nothing ingested");
+    // Nothing else affected: the next upload works.
+    g.write("after.txt", &good_order(30));
+    let (ok, out) = g.sftp("put after.txt /upload/after.txt\n");
+    assert!(ok, "{out}");
+    assert_eq!(g.ledger().len(), 1);
+}
+
+#[test]
+fn passwords_wrong_keys_and_unknown_users_look_alike_and_a_burst_bans_the_address() {
+    let g = Gw::start();
+    // Password login of the second account works, and it sees only its own folders.
+    fs::create_dir_all(g.download_dir("acme")).unwrap();
+    fs::write(g.download_dir("acme").join("mine.txt"), b"acme").unwrap();
+    let out = g.paramiko(
+        "attempt('acme', lambda: connect('acme', password=os.environ['PW']).open_sftp().listdir('/download'))",
+        &[("PW", ACME_PASSWORD)],
+    );
+    assert!(out.contains("acme OK ['mine.txt']"), "{out}\n{}", g.log());
+
+    // Wrong key, unknown user: the same answer.
+    let stranger = g.path().join("keys/stranger");
+    let (ok1, wrong_key) = g.sftp_as("demo", &stranger, "ls\n");
+    let (ok2, unknown) = g.sftp_as("nobody", &g.key(), "ls\n");
+    assert!(!ok1 && !ok2);
+    let tail = |s: &str| s.lines().last().unwrap_or("").replace("nobody", "demo");
+    assert_eq!(
+        tail(&wrong_key),
+        tail(&unknown),
+        "{wrong_key}\n---\n{unknown}"
+    );
+
+    // A burst of wrong passwords bans the address (ban_failures = 3): even the right
+    // password is refused then; the ban expires (ban_seconds = 2).
+    let out = g.paramiko(
+        r#"
+for i in range(3):
+    attempt('wrong%d' % i, lambda: connect('acme', password='nope'))
+attempt('banned', lambda: connect('acme', password=os.environ['PW']))
+"#,
+        &[("PW", ACME_PASSWORD)],
+    );
+    assert!(
+        out.contains("wrong0 ERR") && out.contains("wrong2 ERR"),
+        "{out}"
+    );
+    assert!(
+        out.contains("banned ERR"),
+        "right password refused while banned: {out}"
+    );
+    assert!(g.log().contains("alert.sftp_ban"), "{}", g.log());
+    let mut after = String::new();
+    let expired = wait_for(|| {
+        after = g.paramiko(
+            "attempt('after', lambda: connect('acme', password=os.environ['PW']).open_sftp().listdir('/'))",
+            &[("PW", ACME_PASSWORD)],
+        );
+        after.contains("after OK")
+    });
+    assert!(expired, "the ban expires: {after}\n{}", g.log());
+}
+
+#[test]
+fn rclone_uploads_with_and_without_hash_check_and_downloads() {
+    let g = Gw::start();
+    fs::create_dir_all(g.download_dir("demo")).unwrap();
+    fs::write(g.download_dir("demo").join("ret.dat"), b"bank return\r\n").unwrap();
+    let rclone = |extra: &[&str], args: &[&str]| {
+        let o = run(Command::new("timeout")
+            .arg("120")
+            .arg("rclone")
+            .args([
+                "--config",
+                "/dev/null",
+                "--sftp-host",
+                "127.0.0.1",
+                "--sftp-user",
+                "demo",
+                "--retries",
+                "1",
+                "--low-level-retries",
+                "1",
+            ])
+            .arg("--sftp-port")
+            .arg(g.port.to_string())
+            .arg("--sftp-key-file")
+            .arg(g.key())
+            .arg("--sftp-known-hosts-file")
+            .arg(g.path().join("known_hosts"))
+            .args(extra)
+            .args(args)
+            .current_dir(g.path()));
+        (o.status.success(), text(&o))
+    };
+    g.write("r1.txt", &good_order(40));
+    g.write("r2.txt", &good_order(41));
+    let (ok, out) = rclone(&[], &["copyto", "r1.txt", ":sftp:/upload/r1.txt"]);
+    assert!(ok, "{out}\n{}", g.log());
+    let (ok, out) = rclone(
+        &["--sftp-disable-hashcheck"],
+        &["copyto", "r2.txt", ":sftp:/upload/r2.txt"],
+    );
+    assert!(ok, "{out}\n{}", g.log());
+    assert_eq!(g.ledger().len(), 2);
+    let (ok, out) = rclone(&[], &["copyto", ":sftp:/download/ret.dat", "got.dat"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        fs::read(g.path().join("got.dat")).unwrap(),
+        b"bank return\r\n"
+    );
+    // Refused twin: a tampered file is reported as a failure.
+    g.write("r3.txt", &tampered_order(42));
+    let (ok, out) = rclone(
+        &["--sftp-disable-hashcheck"],
+        &["copyto", "r3.txt", ":sftp:/upload/r3.txt"],
+    );
+    assert!(!ok, "{out}");
+    assert_eq!(
+        g.ledger()
+            .iter()
+            .filter(|r| r["state"] == "quarantined")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn lftp_uploads_and_lists_over_sftp() {
+    let g = Gw::start();
+    g.write("l1.txt", &good_order(50));
+    g.write("l2.txt", &tampered_order(51));
+    let ssh = format!(
+        "ssh -a -x -i {} -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes",
+        g.key().display(),
+        g.path().join("known_hosts").display()
+    );
+    let lftp = |cmds: &str| {
+        let o = run(Command::new("timeout")
+            .arg("120")
+            .arg("lftp")
+            .arg("-e")
+            .arg(format!(
+                "set sftp:connect-program \"{ssh}\"; set net:max-retries 1; set cmd:fail-exit yes; {cmds}; bye"
+            ))
+            .arg(format!("sftp://demo:@127.0.0.1:{}", g.port))
+            .current_dir(g.path()));
+        (o.status.success(), text(&o))
+    };
+    let (ok, out) = lftp("put l1.txt -o /upload/l1.txt; cls -1 /upload");
+    assert!(ok, "{out}\n{}", g.log());
+    assert!(out.contains("l1.txt"), "{out}");
+    assert_eq!(g.ledger().len(), 1);
+    let (ok, out) = lftp("put l2.txt -o /upload/l2.txt");
+    assert!(!ok, "tampered upload must fail: {out}");
+    let (ok, out) = lftp("cls -1 /download");
+    assert!(ok, "{out}");
+    assert!(out.contains("REJECTED-"), "{out}");
+}
+
+#[test]
+fn putty_psftp_uploads_with_a_password() {
+    let g = Gw::start();
+    let o = run(Command::new("ssh-keygen")
+        .arg("-l")
+        .arg("-E")
+        .arg("sha256")
+        .arg("-f")
+        .arg(g.path().join("keys/ssh_host_ed25519_key.pub")));
+    let fp = text(&o).split_whitespace().nth(1).unwrap().to_string();
+    g.write("p1.txt", &lb_order("0050501055", 2, 60));
+    g.write(
+        "script",
+        b"put p1.txt /upload/p1.txt\nls /upload\nls /download\n",
+    );
+    let o = run(Command::new("timeout")
+        .arg("120")
+        .arg("psftp")
+        .args([
+            "-batch",
+            "-pw",
+            ACME_PASSWORD,
+            "-hostkey",
+            &fp,
+            "-b",
+            "script",
+            "-P",
+        ])
+        .arg(g.port.to_string())
+        .arg("acme@127.0.0.1")
+        .current_dir(g.path()));
+    assert!(o.status.success(), "{}\n{}", text(&o), g.log());
+    let l = g.ledger();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["partner"], "acme");
+    // Refused twin: a wrong host key is refused by psftp (and the password not sent).
+    let o = run(Command::new("timeout")
+        .arg("60")
+        .arg("psftp")
+        .args([
+            "-batch",
+            "-pw",
+            ACME_PASSWORD,
+            "-hostkey",
+            "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "-b",
+            "script",
+            "-P",
+        ])
+        .arg(g.port.to_string())
+        .arg("acme@127.0.0.1")
+        .current_dir(g.path()));
+    assert!(!o.status.success());
+    assert_eq!(g.ledger().len(), 1);
+}
+
+#[test]
+fn concurrent_clients_all_get_their_receipts() {
+    let g = Gw::start();
+    let clients = 8;
+    let per = 3;
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let mut batch = String::new();
+        for k in 0..per {
+            let name = format!("c{c}-{k}.txt");
+            g.write(&name, &good_order(100 + (c * per + k) as u64));
+            batch.push_str(&format!("put -f {name} /upload/{name}\n"));
+        }
+        let bf = g.path().join(format!("batch{c}"));
+        fs::write(&bf, batch).unwrap();
+        let mut cmd = Command::new("timeout");
+        cmd.arg("120")
+            .arg("sftp")
+            .args(g.ssh_opts())
+            .arg("-i")
+            .arg(g.key())
+            .arg("-P")
+            .arg(g.port.to_string())
+            .arg("-b")
+            .arg(&bf)
+            .arg("demo@127.0.0.1")
+            .current_dir(g.path());
+        handles.push(std::thread::spawn(move || run(&mut cmd)));
+    }
+    for h in handles {
+        let o = h.join().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let l = g.ledger();
+    assert_eq!(l.len(), clients * per);
+    assert!(l.iter().all(|r| r["state"] != "quarantined"), "{l:?}");
+}
+
+#[test]
+fn quota_and_session_limits_refuse_with_the_reason() {
+    let g = Gw::start_with(Opts {
+        demo_extra: "quota_mb = 1\nmax_sessions = 1",
+        ..Opts::default()
+    });
+    g.write("small.txt", &good_order(70));
+    g.write("big.bin", &vec![b'A'; 2 << 20]);
+    let out = g.paramiko(
+        r#"
+c = connect(); s = c.open_sftp()
+attempt('big', lambda: s.put('big.bin', '/upload/big.txt'))
+attempt('second-session', lambda: connect().open_sftp().listdir('/'))
+attempt('small', lambda: s.put('small.txt', '/upload/small.txt').st_size)
+"#,
+        &[],
+    );
+    assert!(
+        out.contains("big ERR") && out.contains("quota"),
+        "{out}\n{}",
+        g.log()
+    );
+    assert!(
+        out.contains("second-session ERR"),
+        "max_sessions = 1: {out}"
+    );
+    assert!(out.contains("small OK"), "{out}\n{}", g.log());
+    let (ok, df) = g.sftp("df /upload\n");
+    assert!(ok, "{df}");
+    assert!(df.contains(" 1024 "), "statvfs shows the 1 MiB quota: {df}");
+    assert!(g.log().contains("too many sessions"), "{}", g.log());
+    assert!(
+        wait_for(|| g.incoming_temps().is_empty()),
+        "{:?}",
+        g.incoming_temps()
+    );
+    assert_eq!(g.ledger().len(), 1);
+}
+
+#[test]
+fn check_reports_sftp_mistakes_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    fs::create_dir_all(p.join("jobs.d")).unwrap();
+    fs::copy(
+        root.join("jobs.d/demo-bank.toml"),
+        p.join("jobs.d/demo-bank.toml"),
+    )
+    .unwrap();
+    let customer = |id: &str, sftp: &str| {
+        format!(
+            "[partner]\nid = \"{id}\"\nname = \"X\"\nrole = \"customer\"\n\
+             [seal]\nrequired = false\n[payments]\nbank = \"demo-bank\"\n[sftp]\n{sftp}\n"
+        )
+    };
+    fs::write(
+        p.join("jobs.d/one.toml"),
+        customer(
+            "one",
+            "username = \"shared\"\npassword_hash = \"hunter2\"\nauthorized_keys = [\"ssh-dss AAAA nope\"]\nallowed_networks = [\"10.0.0.0/33\"]",
+        ),
+    )
+    .unwrap();
+    fs::write(
+        p.join("jobs.d/two.toml"),
+        customer(
+            "two",
+            "username = \"shared\"\nauthorized_keys_file = \"missing.keys\"",
+        ),
+    )
+    .unwrap();
+    fs::write(
+        p.join("sluss.toml"),
+        "[sftp]\nlisten = \"localhost:twenty-two\"\nban_seconds = 100\nban_max_seconds = 10\n",
+    )
+    .unwrap();
+    let o = run(util::sluss().arg("check").arg("--config").arg(p));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for needle in [
+        "sluss.toml:2: sftp.listen",
+        "sftp.ban_max_seconds",
+        "one.toml:11: sftp.password_hash: is not an Argon2id hash",
+        "sftp.authorized_keys[0]",
+        "sftp.allowed_networks[0]",
+        "two.toml:11: sftp.authorized_keys_file",
+        "SFTP username `shared` is also used by partner one",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    // The host keys are not a mistake: they will be generated.
+    assert!(!out.contains("ssh_host_ed25519_key"), "{out}");
+}
