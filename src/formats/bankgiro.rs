@@ -33,6 +33,18 @@ pub fn check_digit_ok(digits: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// True if a 10-byte record field holds a valid bankgiro number (zero-padded digits, 7 or 8
+/// significant, Luhn check digit). Allocation-free: it runs once per payment record.
+pub fn field_is_valid(field: &[u8]) -> bool {
+    if field.len() != FIELD_WIDTH || !field.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let first = field.iter().position(|&b| b != b'0').unwrap_or(FIELD_WIDTH);
+    let significant = &field[first..];
+    SIGNIFICANT_DIGITS.contains(&significant.len())
+        && std::str::from_utf8(significant).is_ok_and(check_digit_ok)
+}
+
 /// The 10-digit zero-padded form of a bankgiro number, if `text` is one with a valid check
 /// digit. Accepts surrounding blanks, leading zeros, and the usual hyphen before the last
 /// four digits (`991-2346`, `5050-1055`).
@@ -55,6 +67,30 @@ pub fn canonical(text: &str) -> Option<String> {
         return None;
     }
     Some(format!("{significant:0>FIELD_WIDTH$}"))
+}
+
+#[cfg(test)]
+mod field_tests {
+    use super::*;
+
+    #[test]
+    fn field_check_agrees_with_canonical() {
+        for f in [
+            "0009912346",
+            "0009912347",
+            "0001234566",
+            "0000000000",
+            "12345678901",
+            "000991234",
+            "00099123a6",
+            "0050501055",
+            "0000912346",
+            "1234567890",
+        ] {
+            let by_canonical = f.len() == FIELD_WIDTH && canonical(f).is_some();
+            assert_eq!(field_is_valid(f.as_bytes()), by_canonical, "{f}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -126,12 +126,13 @@ impl LbOrder {
     }
 
     fn payment(&mut self, line: &Line, sign: i128, problems: &mut Problems) {
-        let code = latin1(line.field(1, 2));
-        if code != "54" {
+        let code_bytes = line.field(1, 2);
+        let code = || latin1(code_bytes);
+        if code_bytes != b"54" {
             let payee = line.field(3, 12);
-            let is_bankgiro = payee.len() == bankgiro::FIELD_WIDTH
-                && bankgiro::canonical(&latin1(payee)).is_some();
+            let is_bankgiro = bankgiro::field_is_valid(payee);
             if !(is_payment_number(payee) || is_bankgiro) {
+                let code = code();
                 problems.at(
                     line.no,
                     format!(
@@ -144,6 +145,7 @@ impl LbOrder {
         let amount = line.field(38, 49);
         let value = parse_digits(amount, 12);
         if value.is_none() {
+            let code = code();
             problems.at(
                 line.no,
                 format!(
@@ -325,10 +327,15 @@ impl RecordChecker for LbReturn {
 
 /// Exactly `width` ASCII digits as a number.
 pub(crate) fn parse_digits(field: &[u8], width: usize) -> Option<u64> {
-    if field.len() != width || !field.iter().all(u8::is_ascii_digit) {
+    if field.len() != width || width > 19 || !field.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    latin1(field).parse().ok()
+    // At most 19 digits fit a u64; no allocation, this runs for every amount.
+    Some(
+        field
+            .iter()
+            .fold(0u64, |n, &b| n * 10 + u64::from(b - b'0')),
+    )
 }
 
 /// YYMMDD with a plausible month and day.
