@@ -1301,6 +1301,74 @@ impl LineSink for DigestSink {
     }
 }
 
+/// Two sinks fed from one read of the file.
+struct Tee<'a, A, B> {
+    a: &'a mut A,
+    b: &'a mut B,
+}
+
+impl<A: LineSink, B: LineSink> LineSink for Tee<'_, A, B> {
+    fn piece(&mut self, line: u64, bytes: &[u8], first: bool, last: bool) {
+        self.a.piece(line, bytes, first, last);
+        self.b.piece(line, bytes, first, last);
+    }
+}
+
+impl DigestSink {
+    fn new() -> DigestSink {
+        DigestSink {
+            feeder: Feeder::new(Sha256::new()),
+            sealed: false,
+            snapshot: None,
+        }
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        self.feeder.flush();
+        let state = match self.snapshot {
+            Some(s) if self.sealed => s,
+            _ => self.feeder.target,
+        };
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&state.finalize());
+        out
+    }
+}
+
+/// [`verify_with_scan`] and [`payload_digest`] from one read of the file: what the pipeline's
+/// ingest needs, without reading a large file back twice.
+pub fn verify_scan_digest<R: Read>(
+    keys: &[SealKey],
+    reader: R,
+    limit: usize,
+) -> io::Result<(SealVerdict, UnprotectedScan, [u8; 32])> {
+    let mut sink = VerifySink::new(keys, Some(limit));
+    let mut digest = DigestSink::new();
+    let mut counting = Counting {
+        inner: &mut sink,
+        last_line: 0,
+    };
+    scan_lines(
+        reader,
+        &mut Tee {
+            a: &mut counting,
+            b: &mut digest,
+        },
+    )?;
+    let last_line = counting.last_line;
+    let scan = sink.scan.take().map(|mut s| {
+        if let Some((l, c)) = s.pending_cr.take() {
+            s.record(l, c, b'\r', UnprotectedClass::StrayCr);
+        }
+        s.out
+    });
+    Ok((
+        sink.verdict(keys, last_line),
+        scan.unwrap_or_default(),
+        digest.finish(),
+    ))
+}
+
 /// SHA-256 over the payload: the bytes between the TK00 line and the TK99 line (the whole
 /// file if it is not sealed), with every CR and LF removed. The seal records carry the
 /// sealing date and MAC, and line endings change with the exporting system, so neither
@@ -1308,20 +1376,9 @@ impl LineSink for DigestSink {
 /// on another day, or with other line endings, give the same digest, which is what
 /// duplicate detection needs.
 pub fn payload_digest<R: Read>(reader: R) -> io::Result<[u8; 32]> {
-    let mut sink = DigestSink {
-        feeder: Feeder::new(Sha256::new()),
-        sealed: false,
-        snapshot: None,
-    };
+    let mut sink = DigestSink::new();
     scan_lines(reader, &mut sink)?;
-    sink.feeder.flush();
-    let state = match sink.snapshot {
-        Some(s) if sink.sealed => s,
-        _ => sink.feeder.target,
-    };
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&state.finalize());
-    Ok(out)
+    Ok(sink.finish())
 }
 
 #[cfg(test)]
@@ -1331,6 +1388,25 @@ mod tests {
     use std::path::PathBuf;
 
     const TEST_KEY: &str = "1234567890ABCDEF1234567890ABCDEF";
+
+    #[test]
+    fn one_pass_agrees_with_the_separate_passes() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bankgirot");
+        for f in [
+            "lb/lb-sealed-testkey-lf.txt",
+            "lb/lb-sealed-key-as-text-INVALID.txt",
+            "lb/lb-unsealed.txt",
+            "seal-vectors/hmac_testfall-2d.txt",
+        ] {
+            let data = std::fs::read(dir.join(f)).unwrap();
+            let keys = [key()];
+            let (v, scan, d) = verify_scan_digest(&keys, &data[..], 5).unwrap();
+            let (v2, scan2) = verify_with_scan(&keys, &data[..], 5).unwrap();
+            assert_eq!(format!("{v:?}"), format!("{v2:?}"), "{f}");
+            assert_eq!(scan.total, scan2.total, "{f}");
+            assert_eq!(d, payload_digest(&data[..]).unwrap(), "{f}");
+        }
+    }
 
     fn key() -> SealKey {
         SealKey::from_hex(TEST_KEY).unwrap()
