@@ -4,6 +4,7 @@
 //! writes the bound port to var/sftp.port) with pre-generated host and client keys, and
 //! pins the host key in the clients (never "accept any host key").
 
+use crate::pipeline::lb_order;
 use crate::util::{self, TEST_KEY_HEX};
 use std::fs;
 use std::io::Write;
@@ -13,47 +14,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const DEMO_BG: &str = "0009912346";
-const OTHER_BG: &str = "0001234566";
 /// The second account's password (its Argon2id hash is made with `sluss passwd`).
 const ACME_PASSWORD: &str = "correct horse battery staple";
 
 /// How long the tests wait for something that should happen within a second or two.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn lb_order(sender: &str, n: usize, seed: u64) -> Vec<u8> {
-    let mut out: Vec<u8> = Vec::new();
-    let mut rec = |line: Vec<u8>| {
-        assert_eq!(line.len(), 80);
-        out.extend_from_slice(&line);
-        out.extend_from_slice(b"\r\n");
-    };
-    let mut tk11 = format!("11{sender}261129").into_bytes();
-    tk11.extend_from_slice(b"LEVERANTORSBETALNINGAR");
-    tk11.extend_from_slice(b"GENAST");
-    tk11.extend_from_slice(&[b' '; 13]);
-    tk11.extend_from_slice(b"SEK");
-    tk11.extend_from_slice(&[b' '; 18]);
-    rec(tk11);
-    let mut total: u64 = 0;
-    for i in 0..n {
-        let amount = 100 + (seed * 7919 + i as u64 * 104_729) % 9_999_900;
-        total += amount;
-        let reference = format!("{:<25}", format!("REF{seed}X{i}"));
-        rec(format!(
-            "14{OTHER_BG}{reference}{amount:012}GENAST     {:<20}",
-            format!("VERIF {seed}-{i}")
-        )
-        .into_bytes());
-    }
-    rec(format!("29{sender}{n:08}{total:012} {:47}", "").into_bytes());
-    out
-}
-
+/// The test key's seal over `content`, dated like the pipeline tests' files.
 fn sealed(content: &[u8]) -> Vec<u8> {
-    let key = sluss::seal::SealKey::from_hex(TEST_KEY_HEX).unwrap();
-    let mut out = Vec::new();
-    sluss::seal::seal_stream(&key, "261129", content, &mut out).unwrap();
-    out
+    crate::pipeline::sealed(content, "261129")
 }
 
 /// A sealed payment order of the demo customer, distinct per seed.
