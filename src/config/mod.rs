@@ -18,7 +18,7 @@ mod validate;
 pub use endpoint::{
     FtpsEndpoint, FtpsMode, FtpsTrust, PassiveMode, SftpAuth, SftpEndpoint, UploadMode,
 };
-pub use pull::{AfterAction, PullJob, Schedule, glob_match};
+pub use pull::{AfterAction, PullJob, Schedule, glob, glob_match};
 
 // The one place where config meets its leaves (seal keys, bankgiro numbers).
 use crate::{

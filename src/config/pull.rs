@@ -173,6 +173,12 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     if name.starts_with('.') && !pattern.starts_with('.') {
         return false;
     }
+    glob(pattern, name)
+}
+
+/// Plain glob: `*` any run of characters, `?` exactly one, everything else itself; no rule
+/// about hidden names (the SFTP server's temporary-name patterns use it as it is).
+pub fn glob(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     // Iterative matcher with one backtrack point (the last `*`): linear in practice, and

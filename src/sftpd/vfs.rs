@@ -82,31 +82,10 @@ fn file_name(name: &str) -> Result<String, PathError> {
     Ok(name.to_string())
 }
 
-/// Does `name` match the glob `pattern` (`*` any run, `?` one character)?
+/// Does `name` match the glob `pattern` (`*` any run, `?` one character)? The same matcher
+/// pull jobs use.
 pub fn glob(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
+    crate::config::glob(pattern, name)
 }
 
 /// Is `name` a temporary upload name (not handed over until renamed to a final one)?
