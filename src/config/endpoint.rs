@@ -253,6 +253,24 @@ fn host(v: &str, out: &mut Vec<Issue>) -> String {
     h
 }
 
+/// The fields SFTP and FTPS endpoints share: remote folder and the two timeouts.
+fn folder_and_timeouts(
+    d: Option<&str>,
+    connect: Option<i64>,
+    io: Option<i64>,
+    out: &mut Vec<Issue>,
+) -> (String, Duration, Duration) {
+    let folder = dir(d, out);
+    let connect_timeout = seconds(
+        "connect_timeout_seconds",
+        connect,
+        DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        out,
+    );
+    let io_timeout = seconds("io_timeout_seconds", io, DEFAULT_IO_TIMEOUT_SECONDS, out);
+    (folder, connect_timeout, io_timeout)
+}
+
 fn dir(v: Option<&str>, out: &mut Vec<Issue>) -> String {
     let d = v.unwrap_or(".").trim();
     if d.is_empty() || d.contains('\0') || d.split('/').any(|c| c == "..") {
@@ -459,17 +477,10 @@ pub(super) fn sftp(
             None
         }
     };
-    let dir = dir(r.dir.as_deref(), &mut out);
-    let connect_timeout = seconds(
-        "connect_timeout_seconds",
+    let (dir, connect_timeout, io_timeout) = folder_and_timeouts(
+        r.dir.as_deref(),
         r.connect_timeout_seconds,
-        DEFAULT_CONNECT_TIMEOUT_SECONDS,
-        &mut out,
-    );
-    let io_timeout = seconds(
-        "io_timeout_seconds",
         r.io_timeout_seconds,
-        DEFAULT_IO_TIMEOUT_SECONDS,
         &mut out,
     );
     match (out.is_empty(), auth) {
@@ -569,17 +580,10 @@ pub(super) fn ftps(
             None
         }
     };
-    let dir = dir(r.dir.as_deref(), &mut out);
-    let connect_timeout = seconds(
-        "connect_timeout_seconds",
+    let (dir, connect_timeout, io_timeout) = folder_and_timeouts(
+        r.dir.as_deref(),
         r.connect_timeout_seconds,
-        DEFAULT_CONNECT_TIMEOUT_SECONDS,
-        &mut out,
-    );
-    let io_timeout = seconds(
-        "io_timeout_seconds",
         r.io_timeout_seconds,
-        DEFAULT_IO_TIMEOUT_SECONDS,
         &mut out,
     );
     match (out.is_empty(), password_file, trust) {
