@@ -66,8 +66,6 @@ const NORM: [u8; 256] = build_norm();
 /// 1 if the byte is fed to the MAC, 0 for CR and LF. Kept separate so the hot loop can
 /// store unconditionally and advance by `KEEP[b]`, with no branch per byte.
 const KEEP: [u8; 256] = build_keep();
-/// For the payload digest: every byte kept except CR and LF, unchanged.
-const IDENTITY: [u8; 256] = build_identity();
 
 const fn build_norm() -> [u8; 256] {
     let mut t = [UNPROTECTED; 256];
@@ -90,16 +88,6 @@ const fn build_keep() -> [u8; 256] {
     let mut t = [1u8; 256];
     t[b'\r' as usize] = 0;
     t[b'\n' as usize] = 0;
-    t
-}
-
-const fn build_identity() -> [u8; 256] {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = b as u8;
-        b += 1;
-    }
     t
 }
 
@@ -493,29 +481,10 @@ trait LineSink {
     fn piece(&mut self, line: u64, bytes: &[u8], first: bool, last: bool);
 }
 
-/// Find the first LF, eight bytes at a time (SWAR), without `unsafe` or extra crates.
+/// Find the first LF (memchr: SIMD where the CPU has it).
 #[inline]
 fn find_lf(s: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const LF: u64 = 0x0A0A_0A0A_0A0A_0A0A;
-    let mut chunks = s.chunks_exact(8);
-    let mut base = 0;
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let x = u64::from_le_bytes(w) ^ LF;
-        let found = x.wrapping_sub(LO) & !x & HI;
-        if found != 0 {
-            return Some(base + (found.trailing_zeros() / 8) as usize);
-        }
-        base += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|p| base + p)
+    memchr::memchr(b'\n', s)
 }
 
 fn scan_lines<R: Read, S: LineSink>(mut reader: R, sink: &mut S) -> io::Result<()> {
@@ -1293,11 +1262,14 @@ impl LineSink for DigestSink {
             self.feeder.flush();
             self.snapshot = Some(self.feeder.target.clone());
         }
-        if bytes.contains(&b'\r') {
-            self.feeder.mapped(bytes, &IDENTITY);
-        } else {
-            self.feeder.plain(bytes);
+        // Every byte but CR (LF never reaches a piece) is hashed unchanged: feed the runs
+        // between CRs as they are (a CRLF file has one CR per line, at its end).
+        let mut rest = bytes;
+        while let Some(i) = memchr::memchr(b'\r', rest) {
+            self.feeder.plain(&rest[..i]);
+            rest = &rest[i + 1..];
         }
+        self.feeder.plain(rest);
     }
 }
 

@@ -160,7 +160,7 @@ impl Gw {
         let child = util::sluss()
             .args(["serve", "--config"])
             .arg(p)
-            .env("SLUSS_LOG", "info")
+            .env("SLUSS_LOG", "info,sluss::sftpd::session=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -440,6 +440,87 @@ attempt('rename-again', lambda: s.rename('/upload/pay.txt', '/upload/other.txt')
         .map(|r| r["original_name"].as_str().unwrap_or("").to_string())
         .collect();
     assert!(names.contains(&"pay.txt".to_string()), "{names:?} / {l:?}");
+}
+
+/// Large uploads are analysed while they arrive (above the 4 MiB threshold of
+/// `pipeline::live`); the outcome must be what reading the file back gives: a sealed file
+/// accepted with its true SHA-256 and delivered byte-identical, a tampered one refused at
+/// CLOSE, a temporary-name upload accepted at its rename, and an upload written out of order
+/// (the analysis falls back to reading back) accepted too.
+#[test]
+fn large_uploads_analysed_as_they_arrive_get_the_same_verdicts() {
+    use sha2::{Digest, Sha256};
+    let g = Gw::start();
+    let big = |seed| sealed(&lb_order(DEMO_BG, 80_000, seed)); // ~6.4 MiB
+    let good = big(70);
+    assert!(good.len() > 6 << 20);
+    g.write("big.txt", &good);
+    let mut bad = big(71);
+    let i = bad.len() / 2;
+    let i = i + bad[i..].windows(2).position(|w| w == b"\r\n").unwrap() + 2 + 40;
+    bad[i] = if bad[i] == b'9' { b'1' } else { b'9' };
+    g.write("bad.txt", &bad);
+    g.write("tmp.txt", &big(72));
+    g.write("ooo.txt", &big(73));
+
+    let (ok, out) = g.sftp("put -f big.txt /upload/big.txt\n");
+    assert!(ok, "{out}\n{}", g.log());
+    let (ok, out) = g.sftp("put -f bad.txt /upload/bad.txt\n");
+    assert!(!ok, "a tampered large file must not get a receipt: {out}");
+    let (ok, out) = g
+        .sftp("put -f tmp.txt /upload/tmp.txt.part\nrename /upload/tmp.txt.part /upload/tmp.txt\n");
+    assert!(ok, "{out}\n{}", g.log());
+    // paramiko writing the second half first, then the first: out of order.
+    let out = g.paramiko(
+        r#"
+data = open('ooo.txt', 'rb').read()
+s = connect().open_sftp()
+def put_backwards():
+    f = s.open('/upload/ooo.txt', 'wb')
+    half = len(data) // 2
+    f.seek(half); f.write(data[half:])
+    f.seek(0); f.write(data[:half])
+    f.close()
+attempt('ooo', put_backwards)
+"#,
+        &[],
+    );
+    assert!(out.contains("ooo OK"), "{out}\n{}", g.log());
+
+    let l = g.ledger();
+    let by_name = |n: &str| {
+        l.iter()
+            .find(|r| r["original_name"] == n)
+            .unwrap_or_else(|| panic!("{n} not in the ledger: {l:?}"))
+            .clone()
+    };
+    let sha = |b: &[u8]| {
+        Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    let r = by_name("big.txt");
+    assert_ne!(r["state"], "quarantined", "{r}");
+    assert_eq!(r["sha256"], sha(&good), "{r}");
+    let r = by_name("bad.txt");
+    assert_eq!(r["state"], "quarantined", "{r}");
+    assert_eq!(r["sha256"], sha(&bad), "{r}");
+    assert_ne!(by_name("tmp.txt")["state"], "quarantined");
+    let r = by_name("ooo.txt");
+    assert_ne!(r["state"], "quarantined", "{r}");
+    assert_eq!(
+        r["sha256"],
+        sha(&fs::read(g.path().join("ooo.txt")).unwrap())
+    );
+    assert!(wait_for(|| g.outbox().len() == 3), "{}", g.log());
+    let delivered: Vec<Vec<u8>> = g.outbox().iter().map(|p| fs::read(p).unwrap()).collect();
+    assert!(delivered.contains(&good), "delivered byte-identical");
+    // The first three were checked as they arrived, the out-of-order one after CLOSE.
+    let log = g.log();
+    let live = log.matches("checked_while_arriving=true").count();
+    let back = log.matches("checked_while_arriving=false").count();
+    assert_eq!((live, back), (3, 1), "{log}");
 }
 
 #[test]

@@ -38,8 +38,7 @@ pub fn field_is_valid(field: &[u8]) -> bool {
     }
     let first = field.iter().position(|&b| b != b'0').unwrap_or(FIELD_WIDTH);
     let significant = &field[first..];
-    SIGNIFICANT_DIGITS.contains(&significant.len())
-        && luhn_ok(significant)
+    SIGNIFICANT_DIGITS.contains(&significant.len()) && luhn_ok(significant)
 }
 
 /// The 10-digit zero-padded form of a bankgiro number, if `text` is one with a valid check

@@ -567,7 +567,7 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
                         format!("TK00 seal record is {seal_opening_len} characters; it must be exactly {RECORD_LEN}"),
                     );
                 }
-                c.record(&line, &mut routing, &mut problems);
+                c.record(line, &mut routing, &mut problems);
             } else if preamble.len() < MAX_PREAMBLE_LINES {
                 preamble.push((line.no, line.is_blank()));
             } else {
@@ -624,7 +624,7 @@ fn recognise_records<R: BufRead>(reader: R) -> io::Result<Recognition> {
             }
             continue;
         }
-        chk.record(&line, &mut routing, &mut problems);
+        chk.record(line, &mut routing, &mut problems);
     }
 
     let kind = match checker.as_mut() {

@@ -22,7 +22,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// How many seal-unprotected character positions a refusal quotes.
-const CHARSET_EXAMPLES: usize = 3;
+pub(crate) const CHARSET_EXAMPLES: usize = 3;
 /// How many structure problems a refusal quotes (the rest are in `sluss inspect`).
 const STRUCTURE_EXAMPLES: usize = 3;
 
@@ -38,9 +38,9 @@ pub enum Body<'a> {
     /// Bytes to copy into the spool (the CLI, pulls that stream).
     Reader(Box<dyn Read + 'a>),
     /// A file an inbound adapter already wrote into the spool with [`Pipeline::new_upload`]
-    /// (e.g. an SFTP upload written at client-chosen offsets). The pipeline fsyncs and hashes
-    /// it; `sha256` may be given when the adapter hashed a strictly sequential upload.
-    Upload(Upload, Option<String>),
+    /// (e.g. an SFTP upload written at client-chosen offsets). The pipeline fsyncs it and,
+    /// unless the adapter analysed it while it arrived ([`super::live`]), reads it back.
+    Upload(Upload, Option<Box<super::live::Analysed>>),
 }
 
 impl<'a> Incoming<'a> {
@@ -409,14 +409,24 @@ impl Pipeline {
                 }
             }
         };
-        let (written, lock) = match inc.body {
-            Body::Reader(reader) => spool::write_temp_locked(&incoming, reader, spool::MODE_SECRET)
-                .map_err(to_ingest_error)?,
-            Body::Upload(up, sha256) => {
+        let (written, lock, live) = match inc.body {
+            Body::Reader(reader) => {
+                let (w, lock) = spool::write_temp_locked(&incoming, reader, spool::MODE_SECRET)
+                    .map_err(to_ingest_error)?;
+                (w, lock, None)
+            }
+            Body::Upload(up, analysed) => {
                 let Upload { path, file, lock } = up;
+                let (sha256, passes) = match analysed {
+                    Some(a) => {
+                        let a = *a;
+                        (Some(a.sha256), a.passes)
+                    }
+                    None => (None, None),
+                };
                 let w = spool::finish_upload(&path, file, sha256);
                 match w {
-                    Ok(w) => (w, lock),
+                    Ok(w) => (w, lock, passes),
                     Err(e) => {
                         let _ = spool::discard(&path);
                         return Err(to_ingest_error(e));
@@ -424,7 +434,11 @@ impl Pipeline {
                 }
             }
         };
-        let analysis = match analyse(&written.path, partner) {
+        let passes = match live {
+            Some(p) => Ok(p),
+            None => read_passes(&written.path, &partner.seal.keys),
+        };
+        let analysis = match passes.and_then(|p| judge(p, &written.path, partner)) {
             Ok(a) => a,
             Err(e) => {
                 let _ = spool::discard(&written.path);
@@ -469,34 +483,64 @@ impl Pipeline {
     }
 }
 
-/// Recognise and check a spooled file against the partner's policy. Two streaming reads in
-/// parallel: recognition, and the seal pass (MAC, characters, payload digest).
-fn analyse(path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
-    // Recognition and the seal pass (MAC, unprotected characters and payload digest in one
-    // read) do not depend on each other: run them side by side, one core each, so a large
-    // upload's receipt waits for the slower of the two rather than their sum.
+/// The raw results of reading a file once: what ingest judges it by. Produced either by
+/// reading the spooled file back ([`read_passes`]) or while an upload arrives
+/// ([`super::live`]); both must give the same answer for the same bytes.
+pub struct Passes {
+    pub rec: Recognition,
+    /// Seal verdict and seal-unprotected characters; `None` when the partner has no key.
+    pub seal: Option<(SealVerdict, seal::UnprotectedScan)>,
+    /// Digest of the payload without its seal records (duplicates re-sealed).
+    pub payload: [u8; 32],
+}
+
+/// Files at most this big are read back on one thread: two threads would cost more than the
+/// read.
+const PARALLEL_READ_FROM: u64 = 1024 * 1024;
+
+/// Read a spooled file back for recognition and the seal pass (MAC, unprotected characters
+/// and payload digest in one read). Large files: the two reads run side by side, one core
+/// each, so the receipt waits for the slower of the two rather than their sum.
+pub(crate) fn read_passes(path: &Path, keys: &[seal::SealKey]) -> std::io::Result<Passes> {
     type SealPass = (Option<(SealVerdict, seal::UnprotectedScan)>, [u8; 32]);
-    let (rec, seal_pass) = std::thread::scope(|s| {
-        let recognition = s.spawn(|| formats::recognise(BufReader::new(File::open(path)?)));
-        let seal_pass = (|| -> std::io::Result<SealPass> {
-            if partner.seal.keys.is_empty() {
-                Ok((None, seal::payload_digest(File::open(path)?)?))
-            } else {
-                let (verdict, scan, digest) = seal::verify_scan_digest(
-                    &partner.seal.keys,
-                    File::open(path)?,
-                    CHARSET_EXAMPLES,
-                )?;
-                Ok((Some((verdict, scan)), digest))
-            }
-        })();
-        let rec = recognition
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("recognising the file failed")));
-        (rec, seal_pass)
-    });
-    let rec = rec?;
-    let (sealed_result, payload) = seal_pass?;
+    let seal_pass = || -> std::io::Result<SealPass> {
+        if keys.is_empty() {
+            Ok((None, seal::payload_digest(File::open(path)?)?))
+        } else {
+            let (verdict, scan, digest) =
+                seal::verify_scan_digest(keys, File::open(path)?, CHARSET_EXAMPLES)?;
+            Ok((Some((verdict, scan)), digest))
+        }
+    };
+    let recognition = || formats::recognise(BufReader::new(File::open(path)?));
+    let small = std::fs::metadata(path)?.len() <= PARALLEL_READ_FROM;
+    let (rec, seal_pass) = if small {
+        (recognition(), seal_pass())
+    } else {
+        std::thread::scope(|s| {
+            let r = s.spawn(recognition);
+            let sp = seal_pass();
+            let r = r
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("recognising the file failed")));
+            (r, sp)
+        })
+    };
+    let (seal, payload) = seal_pass?;
+    Ok(Passes {
+        rec: rec?,
+        seal,
+        payload,
+    })
+}
+
+/// Judge a file by its passes against the partner's policy: the first failed check decides.
+fn judge(passes: Passes, path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
+    let Passes {
+        rec,
+        seal: sealed_result,
+        payload,
+    } = passes;
     let payload_sha256 = spool::hex_lower(&payload);
     let mut refusal: Option<(String, String)> = None;
     let mut seal_verdict = "not-sealed".to_string();

@@ -17,6 +17,7 @@
 pub mod archive;
 pub mod deliver;
 pub mod ingest;
+pub mod live;
 pub mod pull;
 pub mod remote_dest;
 pub mod route;

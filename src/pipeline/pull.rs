@@ -478,7 +478,13 @@ impl Runner<'_> {
                         &source,
                         vec![Incoming {
                             name,
-                            body: Body::Upload(upload, Some(sha)),
+                            body: Body::Upload(
+                                upload,
+                                Some(Box::new(crate::pipeline::live::Analysed {
+                                    sha256: sha,
+                                    passes: None,
+                                })),
+                            ),
                         }],
                     )
                 })

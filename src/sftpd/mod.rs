@@ -94,7 +94,8 @@ pub(crate) struct AccountCtx {
 /// An upload closed under a temporary name, waiting for its RENAME.
 pub(crate) struct Parked {
     pub upload: Upload,
-    pub sha256: Option<String>,
+    /// What the writer learnt while the bytes arrived (dropped if the upload is resumed).
+    pub analysed: Option<Box<crate::pipeline::live::Analysed>>,
     pub size: u64,
     mtime: u32,
 }
@@ -193,7 +194,7 @@ impl Shared {
         acc: &AccountCtx,
         name: &str,
         upload: Upload,
-        sha256: Option<String>,
+        analysed: Option<Box<crate::pipeline::live::Analysed>>,
         size: u64,
     ) {
         let old = self.with_account(acc, |st| {
@@ -201,7 +202,7 @@ impl Shared {
                 name.to_string(),
                 UpEntry::Parked(Parked {
                     upload,
-                    sha256,
+                    analysed,
                     size,
                     mtime: now_secs(),
                 }),

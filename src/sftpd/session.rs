@@ -12,13 +12,14 @@
 
 use super::vfs::{self, Node, PathError};
 use super::{AccountCtx, Shared};
+use crate::pipeline::live::{self, Analysed, Live};
 use crate::pipeline::{Body, Incoming, Outcome, Upload};
+use crate::seal::SealKey;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
     ExtendedReply, File, FileAttributes, FileMode, Handle, Name, Packet, Status, StatusCode,
     Version,
 };
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
@@ -96,16 +97,6 @@ fn file_attrs(size: u64, mtime: u32, perms: u32) -> FileAttributes {
     a
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(D[usize::from(b >> 4)] as char);
-        s.push(D[usize::from(b & 15)] as char);
-    }
-    s
-}
-
 /// A command for an upload's writer thread.
 enum WriterCmd {
     Write(u64, Bytes),
@@ -116,8 +107,9 @@ enum WriterCmd {
 struct WriterDone {
     upload: Upload,
     error: Option<std::io::Error>,
-    /// SHA-256 when the data came strictly in order and covers the whole file.
-    sha256: Option<String>,
+    /// Hash and analysis made while the bytes arrived (large uploads written strictly in
+    /// order; see `pipeline::live`); `None`: the pipeline reads the file back.
+    analysed: Option<Box<Analysed>>,
     size: u64,
 }
 
@@ -135,14 +127,21 @@ struct OpenUpload {
     failed: Option<String>,
 }
 
+/// The upload's writer: writes each chunk at its offset and, once a strictly sequential
+/// upload passes [`live::LIVE_THRESHOLD`], feeds the chunks to the analysis that runs
+/// while the bytes arrive. `keys`: the partner's seal keys.
 fn start_writer(
     upload: Upload,
     resumed_size: u64,
+    keys: Vec<SealKey>,
 ) -> (mpsc::Sender<WriterCmd>, tokio::task::JoinHandle<WriterDone>) {
     let (tx, mut rx) = mpsc::channel::<WriterCmd>(WRITE_QUEUE);
     let worker = tokio::task::spawn_blocking(move || {
-        let mut hasher = (resumed_size == 0).then(Sha256::new);
-        let mut hashed = 0u64;
+        // Bytes [0, in_order) were written strictly in order (a resumed upload never is:
+        // its first part came from another handle).
+        let mut sequential = resumed_size == 0;
+        let mut in_order = 0u64;
+        let mut live: Option<Live> = None;
         let mut error: Option<std::io::Error> = None;
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
@@ -152,14 +151,22 @@ fn start_writer(
                     }
                     if let Err(e) = upload.file.write_all_at(&data, off) {
                         error = Some(e);
+                        if let Some(l) = live.as_mut() {
+                            l.stop();
+                        }
                         continue;
                     }
-                    if let Some(h) = hasher.as_mut() {
-                        if off == hashed {
-                            h.update(&data);
-                            hashed += data.len() as u64;
+                    if let Some(l) = live.as_mut() {
+                        l.feed(off, &data);
+                    } else if sequential {
+                        if off == in_order {
+                            in_order += data.len() as u64;
+                            if in_order >= live::LIVE_THRESHOLD {
+                                live = Live::start(&upload.path, in_order, &keys);
+                                sequential = live.is_some();
+                            }
                         } else {
-                            hasher = None;
+                            sequential = false;
                         }
                     }
                 }
@@ -177,13 +184,16 @@ fn start_writer(
             }
         }
         let size = upload.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let sha256 = hasher
-            .filter(|_| hashed == size)
-            .map(|h| hex(&h.finalize()));
+        let analysed = live.and_then(|l| {
+            // A large file's fsync takes as long as the analysis' tail: overlap them (the
+            // pipeline's own fsync before the receipt then finds nothing left to write).
+            let _ = upload.file.sync_data();
+            l.finish(size)
+        });
         WriterDone {
             upload,
             error,
-            sha256,
+            analysed,
             size,
         }
     });
@@ -533,7 +543,14 @@ impl Session {
                 limit_reason = "your disk quota is used up (fetch and delete files in /download)";
             }
         }
-        let (tx, worker) = start_writer(upload, start_size);
+        let keys = self
+            .shared
+            .pipeline
+            .config
+            .partner(&self.account.partner)
+            .map(|p| p.seal.keys.clone())
+            .unwrap_or_default();
+        let (tx, worker) = start_writer(upload, start_size, keys);
         let open = OpenUpload {
             name: name.clone(),
             tx,
@@ -662,14 +679,26 @@ impl Session {
                 "the server could not store the file (disk problem); it was NOT accepted; send it again later",
             ));
         }
+        tracing::debug!(
+            event = "sftp.upload.closed",
+            user = %self.account.username,
+            name = %u.name,
+            size = done.size,
+            checked_while_arriving = done.analysed.as_ref().is_some_and(|a| a.passes.is_some()),
+        );
         if vfs::is_temp_name(&self.shared.settings.temp_name_patterns, &u.name) {
             // Not final yet: kept until renamed to a final name (or the account's last
             // session ends).
-            self.shared
-                .park(&self.account, &u.name, done.upload, done.sha256, done.size);
+            self.shared.park(
+                &self.account,
+                &u.name,
+                done.upload,
+                done.analysed,
+                done.size,
+            );
             return Ok(ok(id));
         }
-        self.hand_over(id, u.name, done.upload, done.sha256, done.size)
+        self.hand_over(id, u.name, done.upload, done.analysed, done.size)
             .await
     }
 
@@ -679,7 +708,7 @@ impl Session {
         id: u32,
         name: String,
         upload: Upload,
-        sha256: Option<String>,
+        analysed: Option<Box<Analysed>>,
         size: u64,
     ) -> Reply {
         let pipeline = self.shared.pipeline.clone();
@@ -691,7 +720,7 @@ impl Session {
                 "sftp",
                 vec![Incoming {
                     name: n,
-                    body: Body::Upload(upload, sha256),
+                    body: Body::Upload(upload, analysed),
                 }],
             )
         })
@@ -962,11 +991,11 @@ impl Session {
         }
         if vfs::is_temp_name(&self.shared.settings.temp_name_patterns, b) {
             self.shared
-                .park(&self.account, b, p.upload, p.sha256, p.size);
+                .park(&self.account, b, p.upload, p.analysed, p.size);
             return Ok(ok(id));
         }
         self.shared.set_writing(&self.account, b);
-        self.hand_over(id, b.clone(), p.upload, p.sha256, p.size)
+        self.hand_over(id, b.clone(), p.upload, p.analysed, p.size)
             .await
     }
 
