@@ -148,9 +148,11 @@ impl Pipeline {
             slots.push(self.spool_and_analyse(partner, inc));
         }
         // The renames into spool/files become durable with one directory fsync for the batch.
+        // spool/incoming is not fsynced: if a crash brings an old name back there, it is an
+        // unlocked temporary file the next start's sweep removes (the file itself lives on
+        // under its durable name in spool/files). That fsync cost ~0.2 ms per receipt.
         if slots.iter().any(|s| s.is_ok()) {
             spool::fsync_dir(&self.layout.files())?;
-            spool::fsync_dir(&self.layout.incoming())?;
         }
 
         // 2. One transaction records them all: duplicate check inside it, so two concurrent
