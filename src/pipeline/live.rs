@@ -33,7 +33,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 /// Uploads smaller than this are read back after CLOSE (from the page cache, in well under
-/// a millisecond): four threads per file would cost more than they save.
+/// a millisecond): three threads per file would cost more than they save.
 pub const LIVE_THRESHOLD: u64 = 4 * 1024 * 1024;
 /// Chunks (client WRITEs, 32–256 KiB) a pass may lag behind the writer.
 const CHANNEL_CHUNKS: usize = 32;
@@ -55,12 +55,14 @@ pub struct Live {
 
 struct Threads {
     sha: JoinHandle<io::Result<[u8; 32]>>,
-    digest: JoinHandle<io::Result<[u8; 32]>>,
     rec: JoinHandle<io::Result<formats::Recognition>>,
-    seal: Option<JoinHandle<SealPass>>,
+    seal: JoinHandle<io::Result<SealPass>>,
 }
 
-type SealPass = io::Result<(seal::SealVerdict, seal::UnprotectedScan)>;
+/// Seal verdict and scan (when the partner has keys) and the payload digest: one pass, as
+/// in the read-back, because they share the line scan (threads beyond the cores the
+/// machine has would only add that scan twice).
+type SealPass = (Option<(seal::SealVerdict, seal::UnprotectedScan)>, [u8; 32]);
 
 /// What an inbound adapter already knows about an upload it hands to ingest.
 pub struct Analysed {
@@ -109,24 +111,19 @@ impl Live {
                 Ok(h.finalize().into())
             })?;
             let f = spawn_feed()?;
-            let digest = spawn("sluss-live-digest", move || seal::payload_digest(f))?;
-            let f = spawn_feed()?;
             let rec = spawn("sluss-live-rec", move || formats::recognise(f))?;
-            let seal = if keys.is_empty() {
-                None
-            } else {
-                let f = spawn_feed()?;
-                let keys = keys.to_vec();
-                Some(spawn("sluss-live-seal", move || {
-                    seal::verify_with_scan(&keys, f, charset_examples)
-                })?)
-            };
-            Ok(Threads {
-                sha,
-                digest,
-                rec,
-                seal,
-            })
+            let f = spawn_feed()?;
+            let keys = keys.to_vec();
+            let seal = spawn("sluss-live-seal", move || -> io::Result<SealPass> {
+                if keys.is_empty() {
+                    Ok((None, seal::payload_digest(f)?))
+                } else {
+                    let (verdict, scan, digest) =
+                        seal::verify_scan_digest(&keys, f, charset_examples)?;
+                    Ok((Some((verdict, scan)), digest))
+                }
+            })?;
+            Ok(Threads { sha, rec, seal })
         })();
         let mut live = Live {
             feeds,
@@ -186,19 +183,14 @@ impl Live {
         self.feeds.clear(); // end of stream for the passes
         let t = self.passes.take()?;
         let sha = t.sha.join();
-        let digest = t.digest.join();
         let rec = t.rec.join();
-        let seal = t.seal.map(|h| h.join());
+        let seal = t.seal.join();
         if broken {
             return None;
         }
         let sha = sha.ok()?.ok()?;
-        let payload = digest.ok()?.ok()?;
         let rec = rec.ok()?.ok()?;
-        let seal = match seal {
-            None => None,
-            Some(r) => Some(r.ok()?.ok()?),
-        };
+        let (seal, payload) = seal.ok()?.ok()?;
         Some(Box::new(Analysed {
             sha256: crate::spool::hex_lower(&sha),
             passes: Some(Passes { rec, seal, payload }),
@@ -212,11 +204,8 @@ impl Drop for Live {
             self.stop();
             if let Some(t) = self.passes.take() {
                 let _ = t.sha.join();
-                let _ = t.digest.join();
                 let _ = t.rec.join();
-                if let Some(s) = t.seal {
-                    let _ = s.join();
-                }
+                let _ = t.seal.join();
             }
         }
         RUNNING.fetch_sub(1, Ordering::AcqRel);
