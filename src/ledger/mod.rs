@@ -751,6 +751,24 @@ impl Ledger {
         })
     }
 
+    /// [`due_deliveries`](Self::due_deliveries) to one destination partner: what its
+    /// delivery worker takes, without reading (and skipping) other destinations' backlog.
+    pub fn due_deliveries_to(
+        &self,
+        destination: &str,
+        now: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, LedgerError> {
+        let now = normalize_rfc3339("now", now)?;
+        self.read(|c| {
+            deliveries_where(
+                c,
+                SQL_DUE_DELIVERIES_TO,
+                params![now, i64::try_from(limit).unwrap_or(i64::MAX), destination],
+            )
+        })
+    }
+
     /// The newest row of the audit chain, as stored now.
     pub fn head(&self) -> Result<AuditHead, LedgerError> {
         self.read(audit::read_head)
@@ -1605,6 +1623,12 @@ const SQL_UNFINISHED_DELIVERIES: &str = concat!(
     "SELECT ",
     delivery_columns!(),
     " FROM deliveries WHERE state IN ('queued', 'delivering', 'in-doubt') ORDER BY id"
+);
+const SQL_DUE_DELIVERIES_TO: &str = concat!(
+    "SELECT ",
+    delivery_columns!(),
+    " FROM deliveries WHERE state = 'queued' AND next_attempt_at <= ?1 AND destination = ?3 \
+     ORDER BY next_attempt_at, id LIMIT ?2"
 );
 const SQL_DUE_DELIVERIES: &str = concat!(
     "SELECT ",

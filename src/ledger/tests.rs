@@ -521,6 +521,58 @@ fn hold_is_refused_while_a_delivery_is_in_flight() {
     assert_eq!(ledger.get(id).unwrap().unwrap().state, State::Held);
 }
 
+/// A destination's worker sees only its own due deliveries, however large another
+/// destination's backlog is (a shared LIMIT would hide them behind it).
+#[test]
+fn due_deliveries_to_one_destination_are_not_hidden_by_another_backlog() {
+    let (_dir, _path, mut ledger) = fresh();
+    let mut big = Vec::new();
+    for i in 0..5 {
+        let mut s = spec(&format!("in/{i}"), 'a', 'b');
+        s.sha = format!("{:064x}", i);
+        let id = accepted(&mut ledger, &s);
+        big.push(
+            ledger
+                .with_tx(|tx| tx.add_delivery(id, "busy-bank", "e", "F", "T"))
+                .unwrap(),
+        );
+    }
+    let mut s = spec("in/late", 'c', 'd');
+    s.sha = format!("{:064x}", 99);
+    let late = accepted(&mut ledger, &s);
+    let mine = ledger
+        .with_tx(|tx| tx.add_delivery(late, "quiet-bank", "e", "F", "T"))
+        .unwrap();
+    let soon = "2999-01-01T00:00:00Z";
+    // Oldest first across all destinations: the quiet bank's one is not in the first 3.
+    assert!(
+        ledger
+            .due_deliveries(soon, 3)
+            .unwrap()
+            .iter()
+            .all(|d| d.destination == "busy-bank")
+    );
+    let quiet = ledger.due_deliveries_to("quiet-bank", soon, 3).unwrap();
+    assert_eq!(quiet.iter().map(|d| d.id).collect::<Vec<_>>(), vec![mine]);
+    let busy = ledger.due_deliveries_to("busy-bank", soon, 3).unwrap();
+    assert_eq!(
+        busy.iter().map(|d| d.id).collect::<Vec<_>>(),
+        big[..3].to_vec()
+    );
+    assert!(
+        ledger
+            .due_deliveries_to("quiet-bank", "2000-01-01T00:00:00Z", 3)
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    assert!(
+        ledger
+            .due_deliveries_to("quiet-bank", "yesterday", 3)
+            .is_err()
+    );
+}
+
 #[test]
 fn retries_are_scheduled_and_become_due() {
     let (_dir, _path, mut ledger) = fresh();

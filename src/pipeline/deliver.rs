@@ -451,14 +451,8 @@ impl Pipeline {
 
     /// Up to [`BATCH`] deliveries to `destination` that are due now, oldest due first.
     fn due_for(&self, destination: &str) -> Result<Vec<DeliveryRecord>, LedgerError> {
-        let due = self
-            .ledger()
-            .due_deliveries(&crate::ledger::now_rfc3339(), 4 * BATCH)?;
-        Ok(due
-            .into_iter()
-            .filter(|d| d.destination == destination)
-            .take(BATCH)
-            .collect())
+        self.ledger()
+            .due_deliveries_to(destination, &crate::ledger::now_rfc3339(), BATCH)
     }
 
     /// Deliver a batch to one destination (steps 1–4 of the module comment).
