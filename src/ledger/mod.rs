@@ -1516,7 +1516,16 @@ impl Tx<'_> {
         let Some(derived) = derive_file_state(&states) else {
             return Ok(());
         };
-        let current = self.file(file_id)?.state;
+        // Only the state: a whole record would also parse the routing JSON, on every
+        // delivery transition.
+        let current = query_one(
+            self.tx,
+            "SELECT state FROM files WHERE id = ?1",
+            [file_id],
+            |r| state_col(r, 0),
+        )
+        .optional()?
+        .ok_or(LedgerError::UnknownFile { id: file_id })?;
         if derived == current {
             return Ok(());
         }

@@ -16,7 +16,10 @@
 //! fetched it → `held` for an operator**. Nothing is ever re-sent blindly.
 //!
 //! Deliveries to one destination are processed in batches that share their commits and
-//! directory fsyncs (group commit); one destination's worker never waits for another's.
+//! directory fsyncs (group commit); one destination's worker never waits for another's. A
+//! worker that finds only a partial batch waits a few milliseconds ([`GATHER`]) for more.
+//! Afterwards the batch's spooled copies are archived and removed with one spool-folder
+//! fsync; a copy that a crash brings back is archived at the next start, never sent again.
 
 use super::Pipeline;
 use crate::config::{Endpoint, Partner};
@@ -625,7 +628,8 @@ impl Pipeline {
             tracing::error!(
                 event = "archive.failed",
                 file_id,
-                "could not archive delivered file {file_id}; its spooled copy is kept: {e}"
+                "could not archive delivered file {file_id}; its spooled copy may remain until \
+                 the next start, which archives it again: {e}"
             );
         }
     }
