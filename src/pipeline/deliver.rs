@@ -17,7 +17,7 @@
 //!
 //! Deliveries to one destination are processed in batches that share their commits and
 //! directory fsyncs (group commit); one destination's worker never waits for another's. A
-//! worker that finds only a partial batch waits a few milliseconds ([`GATHER`]) for more.
+//! worker that finds only a partial batch waits a few milliseconds (`GATHER`) for more.
 //! Afterwards the batch's spooled copies are archived and removed with one spool-folder
 //! fsync; a copy that a crash brings back is archived at the next start, never sent again.
 
