@@ -329,6 +329,18 @@ pub fn discard(path: &Path) -> Result<()> {
     }
 }
 
+/// Remove a file WITHOUT making the removal durable: for batches that make all their
+/// removals durable with one [`fsync_dir`] afterwards. Returns the folder to fsync, or `None`
+/// when the file was already gone (nothing to make durable). Until that fsync, a crash may
+/// bring the file back; callers must treat a reappearing file as harmless.
+pub fn remove_no_sync(path: &Path) -> Result<Option<&Path>> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(Some(parent_of(path))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SpoolError::new("remove", path, e)),
+    }
+}
+
 /// Size of a file, or `None` if it does not exist.
 pub fn size_of(path: &Path) -> Result<Option<u64>> {
     match fs::metadata(path) {

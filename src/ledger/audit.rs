@@ -221,17 +221,16 @@ impl fmt::Display for AuditReport {
 /// Reads the newest row of the chain.
 pub(crate) fn read_head(conn: &Connection) -> Result<AuditHead, LedgerError> {
     use rusqlite::OptionalExtension;
+    // `seq` is the rowid: this reads one row from the end of the table's b-tree, not a scan.
+    // Cached: every write transaction that appends reads the head first.
     let head = conn
-        .query_row(
-            "SELECT seq, hash FROM history ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| {
-                Ok(AuditHead {
-                    seq: r.get(0)?,
-                    hash: r.get(1)?,
-                })
-            },
-        )
+        .prepare_cached("SELECT seq, hash FROM history ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| {
+            Ok(AuditHead {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+            })
+        })
         .optional()?;
     Ok(head.unwrap_or_else(AuditHead::genesis))
 }

@@ -20,10 +20,28 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 pub use audit::{AuditHead, AuditProblem, AuditReport, GENESIS_HASH};
 pub use remote_files::{AfterState, NewRemoteFile, RemoteFileRecord};
+
+/// The columns [`file_from_row`] reads, as a literal so queries are `concat!`ed at compile
+/// time: the statement cache is looked up by SQL text, and formatting it per call is waste.
+macro_rules! file_columns {
+    () => {
+        "id, partner, source, original_name, size, sha256, payload_sha256, kind, routing, \
+         message_id, seal_verdict, seal_kvv, spool_path, state, reason, accepted_at, \
+         received_at, updated_at"
+    };
+}
+
+/// The columns [`delivery_from_row`] reads (see [`file_columns`]).
+macro_rules! delivery_columns {
+    () => {
+        "id, file_id, destination, endpoint, final_name, temp_name, state, attempts, \
+         next_attempt_at, last_error, created_at, updated_at"
+    };
+}
 
 /// How long a statement waits for another process's write lock before giving up with
 /// [`LedgerError::Locked`]. A few seconds rides out a CLI command or a checkpoint; longer
@@ -521,6 +539,7 @@ impl Ledger {
 
     pub fn open_with(path: &Path, options: &Options) -> Result<Ledger, LedgerError> {
         let conn = schema::open_connection(path, options.busy_timeout)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         let last_head =
             audit::read_head(&conn).map_err(|e| e.with_path(path, options.busy_timeout))?;
         Ok(Ledger {
@@ -536,19 +555,29 @@ impl Ledger {
     }
 
     /// Runs `f` in one write transaction (BEGIN IMMEDIATE): committed — one fsync — if `f`
-    /// returns `Ok`, rolled back if it returns `Err`. Group many small changes here.
+    /// returns `Ok`, rolled back if it returns `Err` (or panics). Group many small changes here.
+    ///
+    /// BEGIN, COMMIT and ROLLBACK run as cached prepared statements rather than through
+    /// `execute_batch`, which would parse the SQL text again on every call: the ingest and
+    /// delivery paths open several transactions per file.
     pub fn with_tx<T>(
         &mut self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
         let result = (|| -> Result<(T, Option<AuditHead>), LedgerError> {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut t = Tx { tx, head: None };
+            self.conn.prepare_cached(SQL_BEGIN)?.execute([])?;
+            // From here on, dropping `guard` without `commit` rolls back.
+            let guard = TxGuard {
+                conn: &self.conn,
+                committed: false,
+            };
+            let mut t = Tx {
+                tx: &self.conn,
+                head: None,
+            };
             let value = f(&mut t)?;
             let head = t.head.take();
-            t.tx.commit()?;
+            guard.commit()?;
             Ok((value, head))
         })();
         match result {
@@ -597,7 +626,7 @@ impl Ledger {
     /// of the pain.001 a pain.002 answers), if exactly one partner did.
     pub fn partner_of_message(&self, message_id: &str) -> Result<Option<String>, LedgerError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT DISTINCT partner FROM files WHERE message_id = ?1 \
                  AND accepted_at IS NOT NULL LIMIT 2",
             )?;
@@ -616,8 +645,10 @@ impl Ledger {
     /// right after the release), waiting for the pipeline to route them.
     pub fn queued_without_deliveries(&self) -> Result<Vec<FileRecord>, LedgerError> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {FILE_COLUMNS} FROM files f WHERE state = 'queued' AND NOT EXISTS \
+            let mut stmt = c.prepare_cached(concat!(
+                "SELECT ",
+                file_columns!(),
+                " FROM files f WHERE state = 'queued' AND NOT EXISTS \
                  (SELECT 1 FROM deliveries d WHERE d.file_id = f.id) ORDER BY id"
             ))?;
             let rows = stmt.query_map([], file_from_row)?;
@@ -632,8 +663,10 @@ impl Ledger {
             let limit = filter
                 .limit
                 .map_or(i64::MAX, |l| l.min(i64::MAX as usize) as i64);
-            let mut stmt = c.prepare(&format!(
-                "SELECT {FILE_COLUMNS} FROM files WHERE (?1 IS NULL OR partner = ?1) \
+            let mut stmt = c.prepare(concat!(
+                "SELECT ",
+                file_columns!(),
+                " FROM files WHERE (?1 IS NULL OR partner = ?1) \
                  AND (?2 IS NULL OR state = ?2) ORDER BY id DESC LIMIT ?3"
             ))?;
             let rows = stmt.query_map(
@@ -689,7 +722,7 @@ impl Ledger {
     }
 
     pub fn deliveries(&self, file_id: FileId) -> Result<Vec<DeliveryRecord>, LedgerError> {
-        self.read(|c| deliveries_where(c, "file_id = ?1 ORDER BY id", params![file_id]))
+        self.read(|c| deliveries_where(c, SQL_DELIVERIES_OF_FILE, params![file_id]))
     }
 
     pub fn get_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>, LedgerError> {
@@ -699,13 +732,7 @@ impl Ledger {
     /// Deliveries a restarted daemon must look at: queued, delivering (interrupted: check the
     /// remote side before anything else) and in-doubt.
     pub fn unfinished_deliveries(&self) -> Result<Vec<DeliveryRecord>, LedgerError> {
-        self.read(|c| {
-            deliveries_where(
-                c,
-                "state IN ('queued', 'delivering', 'in-doubt') ORDER BY id",
-                [],
-            )
-        })
+        self.read(|c| deliveries_where(c, SQL_UNFINISHED_DELIVERIES, []))
     }
 
     /// Queued deliveries whose next attempt is due at `now` (RFC 3339), oldest due first.
@@ -718,8 +745,26 @@ impl Ledger {
         self.read(|c| {
             deliveries_where(
                 c,
-                "state = 'queued' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2",
+                SQL_DUE_DELIVERIES,
                 params![now, i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+        })
+    }
+
+    /// [`due_deliveries`](Self::due_deliveries) to one destination partner: what its
+    /// delivery worker takes, without reading (and skipping) other destinations' backlog.
+    pub fn due_deliveries_to(
+        &self,
+        destination: &str,
+        now: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, LedgerError> {
+        let now = normalize_rfc3339("now", now)?;
+        self.read(|c| {
+            deliveries_where(
+                c,
+                SQL_DUE_DELIVERIES_TO,
+                params![now, i64::try_from(limit).unwrap_or(i64::MAX), destination],
             )
         })
     }
@@ -767,7 +812,8 @@ impl Ledger {
     pub fn record_run_start(&mut self, job: &str) -> Result<RunId, LedgerError> {
         let at = now_rfc3339();
         self.read(|c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO runs (job, started_at) VALUES (?1, ?2)",
                 params![job, at],
             )?;
@@ -787,7 +833,8 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let at = now_rfc3339();
         self.read(|c| {
-            let n = c.execute(
+            let n = exec(
+                c,
                 "UPDATE runs SET finished_at = ?2, files = ?3, bytes = ?4, outcome = ?5, \
                  error = ?6 WHERE id = ?1",
                 params![run, at, to_i64(files), to_i64(bytes), outcome, error],
@@ -829,9 +876,50 @@ impl Ledger {
     }
 }
 
+/// Statements run per file or per delivery are prepared once per connection and then taken
+/// from rusqlite's statement cache ([`Connection::prepare_cached`]); the cache must hold all of
+/// them, or they evict each other and are parsed again on every call.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+const SQL_BEGIN: &str = "BEGIN IMMEDIATE";
+const SQL_COMMIT: &str = "COMMIT";
+const SQL_ROLLBACK: &str = "ROLLBACK";
+
+/// The open transaction of [`Ledger::with_tx`]: rolls back when dropped uncommitted — on an
+/// `Err` from the closure, on a failed COMMIT, and while unwinding from a panic (so a
+/// poisoned ledger lock never guards a half-done transaction).
+struct TxGuard<'c> {
+    conn: &'c Connection,
+    committed: bool,
+}
+
+impl TxGuard<'_> {
+    fn commit(mut self) -> Result<(), LedgerError> {
+        self.conn.prepare_cached(SQL_COMMIT)?.execute([])?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TxGuard<'_> {
+    fn drop(&mut self) {
+        // SQLite may already have rolled back by itself (some errors end the transaction);
+        // a ROLLBACK then would only fail.
+        if !self.committed && !self.conn.is_autocommit() {
+            let rolled_back = self
+                .conn
+                .prepare_cached(SQL_ROLLBACK)
+                .and_then(|mut s| s.execute([]));
+            if let Err(e) = rolled_back {
+                tracing::error!("ledger: rolling back a failed transaction failed: {e}");
+            }
+        }
+    }
+}
+
 /// One write transaction; see [`Ledger::with_tx`].
 pub struct Tx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    tx: &'a Connection,
     /// The chain head as of this transaction's last append (read lazily under the lock).
     head: Option<AuditHead>,
 }
@@ -860,14 +948,22 @@ impl Tx<'_> {
                 });
             }
         }
-        if let Some(existing) = find_by_spool_path(&self.tx, f.spool_path)? {
+        let existing: Option<FileId> = query_one(
+            self.tx,
+            "SELECT id FROM files WHERE spool_path = ?1",
+            [f.spool_path],
+            |r| r.get(0),
+        )
+        .optional()?;
+        if let Some(id) = existing {
             return Err(LedgerError::AlreadyRecorded {
                 spool_path: f.spool_path.to_string(),
-                id: existing.id,
+                id,
             });
         }
         let now = now_rfc3339();
-        self.tx.execute(
+        exec(
+            self.tx,
             "INSERT INTO files (partner, source, original_name, size, sha256, payload_sha256, \
              kind, routing, message_id, seal_verdict, seal_kvv, spool_path, state, reason, \
              received_at, updated_at) \
@@ -904,28 +1000,29 @@ impl Tx<'_> {
     }
 
     pub fn get(&self, id: FileId) -> Result<Option<FileRecord>, LedgerError> {
-        get_file(&self.tx, id)
+        get_file(self.tx, id)
     }
 
     pub fn get_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>, LedgerError> {
-        get_delivery(&self.tx, id)
+        get_delivery(self.tx, id)
     }
 
     pub fn deliveries(&self, file_id: FileId) -> Result<Vec<DeliveryRecord>, LedgerError> {
-        deliveries_where(&self.tx, "file_id = ?1 ORDER BY id", params![file_id])
+        deliveries_where(self.tx, SQL_DELIVERIES_OF_FILE, params![file_id])
     }
 
     /// The chain head including this transaction's appends so far.
     pub fn head(&mut self) -> Result<AuditHead, LedgerError> {
         if self.head.is_none() {
-            self.head = Some(audit::read_head(&self.tx)?);
+            self.head = Some(audit::read_head(self.tx)?);
         }
         Ok(self.head.clone().unwrap_or_else(AuditHead::genesis))
     }
 
     /// The spool moved the file's bytes (e.g. incoming → archive).
     pub fn set_spool_path(&mut self, id: FileId, spool_path: &str) -> Result<(), LedgerError> {
-        let n = self.tx.execute(
+        let n = exec(
+            self.tx,
             "UPDATE files SET spool_path = ?2 WHERE id = ?1",
             params![id, spool_path],
         )?;
@@ -950,26 +1047,39 @@ impl Tx<'_> {
         let since = normalize_rfc3339("since", since_rfc3339)?;
         let sha256 = sha256.to_ascii_lowercase();
         let payload = payload_sha256.to_ascii_lowercase();
+        // One fixed SQL text per probe, so each is prepared once (statement cache).
+        macro_rules! probe_sql {
+            ($column:literal) => {
+                concat!(
+                    "SELECT id FROM files WHERE partner = ?1 AND ",
+                    $column,
+                    " = ?2 AND accepted_at IS NOT NULL AND received_at >= ?3 ORDER BY id LIMIT 1"
+                )
+            };
+        }
         let probes: [(&str, Option<&str>, DuplicateKind); 3] = [
-            ("sha256", Some(&sha256), DuplicateKind::SameBytes),
-            ("payload_sha256", Some(&payload), DuplicateKind::SamePayload),
-            ("message_id", message_id, DuplicateKind::SameMessageId),
+            (
+                probe_sql!("sha256"),
+                Some(&sha256),
+                DuplicateKind::SameBytes,
+            ),
+            (
+                probe_sql!("payload_sha256"),
+                Some(&payload),
+                DuplicateKind::SamePayload,
+            ),
+            (
+                probe_sql!("message_id"),
+                message_id,
+                DuplicateKind::SameMessageId,
+            ),
         ];
-        for (column, value, kind) in probes {
+        for (sql, value, kind) in probes {
             let Some(value) = value.filter(|v| !v.is_empty()) else {
                 continue;
             };
-            let found: Option<FileId> = self
-                .tx
-                .query_row(
-                    &format!(
-                        "SELECT id FROM files WHERE partner = ?1 AND {column} = ?2 \
-                         AND accepted_at IS NOT NULL AND received_at >= ?3 ORDER BY id LIMIT 1"
-                    ),
-                    params![partner, value, since],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let found: Option<FileId> =
+                query_one(self.tx, sql, params![partner, value, since], |r| r.get(0)).optional()?;
             if let Some(id) = found {
                 return Ok(Some((id, kind)));
             }
@@ -1034,14 +1144,13 @@ impl Tx<'_> {
                 state: file.state,
             });
         }
-        let existing: Option<DeliveryId> = self
-            .tx
-            .query_row(
-                "SELECT id FROM deliveries WHERE file_id = ?1 AND destination = ?2",
-                params![file_id, destination],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let existing: Option<DeliveryId> = query_one(
+            self.tx,
+            "SELECT id FROM deliveries WHERE file_id = ?1 AND destination = ?2",
+            params![file_id, destination],
+            |r| r.get(0),
+        )
+        .optional()?;
         if let Some(id) = existing {
             return Err(LedgerError::DeliveryExists {
                 file_id,
@@ -1050,7 +1159,8 @@ impl Tx<'_> {
             });
         }
         let now = now_rfc3339();
-        self.tx.execute(
+        exec(
+            self.tx,
             "INSERT INTO deliveries (file_id, destination, endpoint, final_name, temp_name, \
              state, attempts, next_attempt_at, created_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, ?6, ?6, ?6)",
@@ -1112,7 +1222,8 @@ impl Tx<'_> {
                 )?;
             }
             State::Queued => {
-                self.tx.execute(
+                exec(
+                    self.tx,
                     "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2, \
                      last_error = ?3, updated_at = ?4 WHERE id = ?1",
                     params![d, next, error, now_rfc3339()],
@@ -1152,7 +1263,8 @@ impl Tx<'_> {
             });
         }
         // Approvals count only for the current stay in this state.
-        let episode: i64 = self.tx.query_row(
+        let episode: i64 = query_one(
+            self.tx,
             "SELECT COALESCE(MAX(seq), 0) FROM history WHERE file_id = ?1 AND delivery_id IS NULL \
              AND to_state = ?2 AND (from_state IS NULL OR from_state <> to_state)",
             params![id, file.state.as_str()],
@@ -1174,7 +1286,8 @@ impl Tx<'_> {
             });
         }
         let now = now_rfc3339();
-        self.tx.execute(
+        exec(
+            self.tx,
             "INSERT INTO approvals (file_id, action, episode_seq, operator, reason, at) \
              VALUES (?1, 'release', ?2, ?3, ?4, ?5)",
             params![id, episode, operator, reason, now],
@@ -1314,15 +1427,16 @@ impl Tx<'_> {
     }
 
     fn file(&self, id: FileId) -> Result<FileRecord, LedgerError> {
-        get_file(&self.tx, id)?.ok_or(LedgerError::UnknownFile { id })
+        get_file(self.tx, id)?.ok_or(LedgerError::UnknownFile { id })
     }
 
     fn delivery(&self, id: DeliveryId) -> Result<DeliveryRecord, LedgerError> {
-        get_delivery(&self.tx, id)?.ok_or(LedgerError::UnknownDelivery { id })
+        get_delivery(self.tx, id)?.ok_or(LedgerError::UnknownDelivery { id })
     }
 
     fn delivery_count(&self, file_id: FileId) -> Result<i64, LedgerError> {
-        Ok(self.tx.query_row(
+        Ok(query_one(
+            self.tx,
             "SELECT COUNT(*) FROM deliveries WHERE file_id = ?1",
             [file_id],
             |r| r.get(0),
@@ -1364,7 +1478,8 @@ impl Tx<'_> {
             State::Queued if next_attempt_at.is_some() => Some(reason),
             _ => None,
         };
-        self.tx.execute(
+        exec(
+            self.tx,
             "UPDATE deliveries SET state = ?2, attempts = attempts + ?3, next_attempt_at = ?4, \
              last_error = COALESCE(?5, last_error), updated_at = ?6 WHERE id = ?1",
             params![d, to.as_str(), attempts_inc, next, error, now],
@@ -1394,14 +1509,23 @@ impl Tx<'_> {
         let states: Vec<State> = {
             let mut stmt = self
                 .tx
-                .prepare("SELECT state FROM deliveries WHERE file_id = ?1")?;
+                .prepare_cached("SELECT state FROM deliveries WHERE file_id = ?1")?;
             let rows = stmt.query_map([file_id], |r| state_col(r, 0))?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
         let Some(derived) = derive_file_state(&states) else {
             return Ok(());
         };
-        let current = self.file(file_id)?.state;
+        // Only the state: a whole record would also parse the routing JSON, on every
+        // delivery transition.
+        let current = query_one(
+            self.tx,
+            "SELECT state FROM files WHERE id = ?1",
+            [file_id],
+            |r| state_col(r, 0),
+        )
+        .optional()?
+        .ok_or(LedgerError::UnknownFile { id: file_id })?;
         if derived == current {
             return Ok(());
         }
@@ -1423,7 +1547,8 @@ impl Tx<'_> {
     ) -> Result<(), LedgerError> {
         let now = at.map(str::to_string).unwrap_or_else(now_rfc3339);
         let accepted = (to == State::Queued).then_some(now.as_str());
-        self.tx.execute(
+        exec(
+            self.tx,
             "UPDATE files SET state = ?2, reason = ?3, updated_at = ?4, \
              accepted_at = COALESCE(accepted_at, ?5) WHERE id = ?1",
             params![
@@ -1464,7 +1589,8 @@ impl Tx<'_> {
             operator,
         };
         let hash = audit::row_hash(&prev.hash, &row);
-        self.tx.execute(
+        exec(
+            self.tx,
             "INSERT INTO history (seq, file_id, delivery_id, at, from_state, to_state, event, \
              reason, operator, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
@@ -1486,48 +1612,74 @@ impl Tx<'_> {
     }
 }
 
-const FILE_COLUMNS: &str = "id, partner, source, original_name, size, sha256, payload_sha256, \
-    kind, routing, message_id, seal_verdict, seal_kvv, spool_path, state, reason, accepted_at, \
-    received_at, updated_at";
+const SQL_FILE_BY_ID: &str = concat!("SELECT ", file_columns!(), " FROM files WHERE id = ?1");
+const SQL_FILE_BY_SPOOL_PATH: &str = concat!(
+    "SELECT ",
+    file_columns!(),
+    " FROM files WHERE spool_path = ?1"
+);
+const SQL_DELIVERY_BY_ID: &str = concat!(
+    "SELECT ",
+    delivery_columns!(),
+    " FROM deliveries WHERE id = ?1"
+);
+const SQL_DELIVERIES_OF_FILE: &str = concat!(
+    "SELECT ",
+    delivery_columns!(),
+    " FROM deliveries WHERE file_id = ?1 ORDER BY id"
+);
+const SQL_UNFINISHED_DELIVERIES: &str = concat!(
+    "SELECT ",
+    delivery_columns!(),
+    " FROM deliveries WHERE state IN ('queued', 'delivering', 'in-doubt') ORDER BY id"
+);
+const SQL_DUE_DELIVERIES_TO: &str = concat!(
+    "SELECT ",
+    delivery_columns!(),
+    " FROM deliveries WHERE state = 'queued' AND next_attempt_at <= ?1 AND destination = ?3 \
+     ORDER BY next_attempt_at, id LIMIT ?2"
+);
+const SQL_DUE_DELIVERIES: &str = concat!(
+    "SELECT ",
+    delivery_columns!(),
+    " FROM deliveries WHERE state = 'queued' AND next_attempt_at <= ?1 \
+     ORDER BY next_attempt_at, id LIMIT ?2"
+);
 
-const DELIVERY_COLUMNS: &str = "id, file_id, destination, endpoint, final_name, temp_name, \
-    state, attempts, next_attempt_at, last_error, created_at, updated_at";
+/// `Connection::execute` through the statement cache.
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// `Connection::query_row` through the statement cache.
+fn query_one<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
 
 fn get_file(c: &Connection, id: FileId) -> Result<Option<FileRecord>, LedgerError> {
-    Ok(c.query_row(
-        &format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1"),
-        [id],
-        file_from_row,
-    )
-    .optional()?)
+    Ok(query_one(c, SQL_FILE_BY_ID, [id], file_from_row).optional()?)
 }
 
 fn find_by_spool_path(c: &Connection, spool_path: &str) -> Result<Option<FileRecord>, LedgerError> {
-    Ok(c.query_row(
-        &format!("SELECT {FILE_COLUMNS} FROM files WHERE spool_path = ?1"),
-        [spool_path],
-        file_from_row,
-    )
-    .optional()?)
+    Ok(query_one(c, SQL_FILE_BY_SPOOL_PATH, [spool_path], file_from_row).optional()?)
 }
 
 fn get_delivery(c: &Connection, id: DeliveryId) -> Result<Option<DeliveryRecord>, LedgerError> {
-    Ok(c.query_row(
-        &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"),
-        [id],
-        delivery_from_row,
-    )
-    .optional()?)
+    Ok(query_one(c, SQL_DELIVERY_BY_ID, [id], delivery_from_row).optional()?)
 }
 
+/// Runs `sql` (one of the `SQL_*DELIVERIES*` queries) and reads every row.
 fn deliveries_where(
     c: &Connection,
-    clause: &str,
+    sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<DeliveryRecord>, LedgerError> {
-    let mut stmt = c.prepare(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {clause}"
-    ))?;
+    let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt.query_map(params, delivery_from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

@@ -8,7 +8,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{FileId, Ledger, LedgerError, checked_hex, now_rfc3339, to_i64};
+use super::{FileId, Ledger, LedgerError, checked_hex, exec, now_rfc3339, query_one, to_i64};
 
 /// Whether the after-action on the remote copy has been done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -75,8 +75,14 @@ pub struct RemoteFileRecord {
     pub updated_at: String,
 }
 
-const COLUMNS: &str = "id, partner, job, path, size, mtime, sha256, file_id, outcome, after, \
-                       after_state, after_error, taken_at, updated_at";
+/// The columns [`from_row`] reads, as a literal for `concat!` (fixed SQL text, so the
+/// statement cache finds it without formatting per call).
+macro_rules! columns {
+    () => {
+        "id, partner, job, path, size, mtime, sha256, file_id, outcome, after, after_state, \
+         after_error, taken_at, updated_at"
+    };
+}
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<RemoteFileRecord> {
     let state: String = r.get(10)?;
@@ -114,10 +120,13 @@ impl Ledger {
         mtime: Option<i64>,
     ) -> Result<Option<RemoteFileRecord>, LedgerError> {
         self.read(|c| {
-            Ok(c.query_row(
-                &format!(
-                    "SELECT {COLUMNS} FROM remote_files WHERE job = ?1 AND path = ?2 AND \
-                     size = ?3 AND IFNULL(mtime, -1) = IFNULL(?4, -1)"
+            Ok(query_one(
+                c,
+                concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM remote_files WHERE job = ?1 AND path = ?2 AND size = ?3 AND \
+                     IFNULL(mtime, -1) = IFNULL(?4, -1)"
                 ),
                 params![job, path, to_i64(size), mtime],
                 from_row,
@@ -145,7 +154,8 @@ impl Ledger {
         }
         let at = now_rfc3339();
         self.read(|c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO remote_files (partner, job, path, size, mtime, sha256, file_id, \
                  outcome, after, after_state, taken_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?10) \
@@ -163,7 +173,8 @@ impl Ledger {
                     at
                 ],
             )?;
-            Ok(c.query_row(
+            Ok(query_one(
+                c,
                 "SELECT id FROM remote_files WHERE job = ?1 AND path = ?2 AND size = ?3 AND \
                  IFNULL(mtime, -1) = IFNULL(?4, -1)",
                 params![f.job, f.path, to_i64(f.size), f.mtime],
@@ -181,7 +192,8 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let at = now_rfc3339();
         self.read(|c| {
-            let n = c.execute(
+            let n = exec(
+                c,
                 "UPDATE remote_files SET after_state = ?2, after_error = ?3, updated_at = ?4 \
                  WHERE id = ?1",
                 params![id, state.as_str(), error, at],
@@ -203,8 +215,10 @@ impl Ledger {
         limit: usize,
     ) -> Result<Vec<RemoteFileRecord>, LedgerError> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM remote_files WHERE job = ?1 ORDER BY id DESC LIMIT ?2"
+            let mut stmt = c.prepare(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM remote_files WHERE job = ?1 ORDER BY id DESC LIMIT ?2"
             ))?;
             let rows = stmt.query_map(
                 params![job, i64::try_from(limit).unwrap_or(i64::MAX)],
@@ -225,7 +239,8 @@ impl Ledger {
         sha256: &str,
     ) -> Result<Option<(FileId, bool)>, LedgerError> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(query_one(
+                c,
                 "SELECT id, accepted_at IS NOT NULL FROM files WHERE partner = ?1 AND \
                  source = ?2 AND original_name = ?3 AND sha256 = ?4 ORDER BY id LIMIT 1",
                 params![partner, source, original_name, sha256],

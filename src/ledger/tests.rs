@@ -521,6 +521,58 @@ fn hold_is_refused_while_a_delivery_is_in_flight() {
     assert_eq!(ledger.get(id).unwrap().unwrap().state, State::Held);
 }
 
+/// A destination's worker sees only its own due deliveries, however large another
+/// destination's backlog is (a shared LIMIT would hide them behind it).
+#[test]
+fn due_deliveries_to_one_destination_are_not_hidden_by_another_backlog() {
+    let (_dir, _path, mut ledger) = fresh();
+    let mut big = Vec::new();
+    for i in 0..5 {
+        let mut s = spec(&format!("in/{i}"), 'a', 'b');
+        s.sha = format!("{:064x}", i);
+        let id = accepted(&mut ledger, &s);
+        big.push(
+            ledger
+                .with_tx(|tx| tx.add_delivery(id, "busy-bank", "e", "F", "T"))
+                .unwrap(),
+        );
+    }
+    let mut s = spec("in/late", 'c', 'd');
+    s.sha = format!("{:064x}", 99);
+    let late = accepted(&mut ledger, &s);
+    let mine = ledger
+        .with_tx(|tx| tx.add_delivery(late, "quiet-bank", "e", "F", "T"))
+        .unwrap();
+    let soon = "2999-01-01T00:00:00Z";
+    // Oldest first across all destinations: the quiet bank's one is not in the first 3.
+    assert!(
+        ledger
+            .due_deliveries(soon, 3)
+            .unwrap()
+            .iter()
+            .all(|d| d.destination == "busy-bank")
+    );
+    let quiet = ledger.due_deliveries_to("quiet-bank", soon, 3).unwrap();
+    assert_eq!(quiet.iter().map(|d| d.id).collect::<Vec<_>>(), vec![mine]);
+    let busy = ledger.due_deliveries_to("busy-bank", soon, 3).unwrap();
+    assert_eq!(
+        busy.iter().map(|d| d.id).collect::<Vec<_>>(),
+        big[..3].to_vec()
+    );
+    assert!(
+        ledger
+            .due_deliveries_to("quiet-bank", "2000-01-01T00:00:00Z", 3)
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    assert!(
+        ledger
+            .due_deliveries_to("quiet-bank", "yesterday", 3)
+            .is_err()
+    );
+}
+
 #[test]
 fn retries_are_scheduled_and_become_due() {
     let (_dir, _path, mut ledger) = fresh();
@@ -636,6 +688,89 @@ fn an_error_inside_with_tx_rolls_everything_back() {
     assert!(ledger.list(&ListFilter::default()).unwrap().is_empty());
     assert_eq!(ledger.head().unwrap(), head);
     assert_eq!(ledger.last_head(), &head);
+}
+
+/// BEGIN/COMMIT/ROLLBACK and the per-file statements come from the statement cache: a
+/// transaction that failed (after statements ran and were returned to the cache) must leave
+/// nothing behind, and the very same cached statements must work in the next transaction.
+#[test]
+fn cached_statements_roll_back_and_are_reused_after_a_failed_transaction() {
+    let (_dir, path, mut ledger) = fresh();
+    let first = accepted(&mut ledger, &spec("in/1", 'a', 'b'));
+    let head = ledger.head().unwrap();
+    for round in 0..3 {
+        // Same statements as `accepted`, then a typed failure after they ran.
+        let err = ledger
+            .with_tx(|tx| {
+                let mut s = spec(&format!("in/fail{round}"), 'c', 'd');
+                s.sha = format!("{:064x}", 100 + round);
+                let id = record(tx, &s)?;
+                tx.transition(id, State::Queued, "file.queued", "", None)?;
+                tx.add_delivery(id, "bank", "local:/x", "f.dat", ".f.dat.sluss-tmp")?;
+                // An SQLite-level failure too: the spool path is already recorded.
+                record(tx, &spec("in/1", 'e', 'f'))
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, LedgerError::AlreadyRecorded { id, .. } if id == first),
+            "{err:?}"
+        );
+        assert_eq!(ledger.head().unwrap(), head, "round {round}");
+        assert_eq!(ledger.last_head(), &head);
+        assert_eq!(ledger.list(&ListFilter::default()).unwrap().len(), 1);
+        // Not left inside a transaction: another connection can write.
+        raw(&path)
+            .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .expect("the ledger's write lock was released");
+    }
+    // The cached statements still work, and the chain continues where it was.
+    let second = accepted(&mut ledger, &spec("in/2", 'c', 'd'));
+    assert_eq!(second, first + 1);
+    assert_eq!(ledger.head().unwrap().seq, head.seq + 2);
+    assert!(
+        ledger
+            .verify_audit(Some(&head.to_string()))
+            .unwrap()
+            .is_intact()
+    );
+}
+
+/// A panic inside the closure (a bug in a caller) rolls the transaction back while
+/// unwinding, so the next caller of a recovered (poisoned) lock finds a clean ledger.
+#[test]
+fn a_panic_inside_with_tx_rolls_back() {
+    let (_dir, _path, mut ledger) = fresh();
+    let head = ledger.head().unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = ledger.with_tx(|tx| -> Result<(), LedgerError> {
+            record(tx, &spec("in/1", 'a', 'b'))?;
+            panic!("a caller's bug");
+        });
+    }));
+    assert!(caught.is_err());
+    assert!(ledger.list(&ListFilter::default()).unwrap().is_empty());
+    assert_eq!(ledger.head().unwrap(), head);
+    let id = accepted(&mut ledger, &spec("in/1", 'a', 'b'));
+    assert_eq!(ledger.get(id).unwrap().unwrap().state, State::Queued);
+    assert!(ledger.verify_audit(None).unwrap().is_intact());
+}
+
+/// A transaction that SQLite cannot start (another process holds the write lock) is
+/// reported as locked and leaves no half-open transaction: the next one works.
+#[test]
+fn a_refused_begin_leaves_the_connection_usable() {
+    let (_dir, path, mut ledger) = fresh();
+    ledger.busy_timeout = Duration::from_millis(50);
+    ledger.conn.busy_timeout(ledger.busy_timeout).unwrap();
+    let other = raw(&path);
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = ledger
+        .with_tx(|tx| record(tx, &spec("in/1", 'a', 'b')))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Locked { .. }), "{err:?}");
+    other.execute_batch("ROLLBACK").unwrap();
+    accepted(&mut ledger, &spec("in/1", 'a', 'b'));
+    assert_eq!(ledger.head().unwrap().seq, 2);
 }
 
 #[test]

@@ -44,16 +44,83 @@ pub fn archive_path(p: &Pipeline, rec: &FileRecord) -> PathBuf {
 
 /// Apply the sender's archive policy to a delivered file's spooled copy.
 pub fn archive_delivered(p: &Pipeline, rec: &FileRecord) -> Result<(), ArchiveError> {
-    let spooled = Path::new(&rec.spool_path);
-    if spool::size_of(spooled)?.is_none() {
-        return Ok(()); // already archived (e.g. recovery after a crash here)
+    match archive_delivered_batch(p, std::slice::from_ref(rec)).pop() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
     }
-    let archive = p
-        .config
+}
+
+/// [`archive_delivered`] for several delivered files: each copy is archived (if the policy
+/// says so) and unlinked, then ONE fsync per spool folder makes all the removals durable,
+/// instead of one per file. Returns the files that failed, with why; their spooled copies
+/// are kept (or their removal may not be durable: then the copy can reappear after a crash,
+/// and the restart recovery archives it again, which is harmless — see
+/// `Pipeline::recover`).
+pub fn archive_delivered_batch(p: &Pipeline, recs: &[FileRecord]) -> Vec<(FileId, ArchiveError)> {
+    let mut failed = Vec::new();
+    // (record, folder whose fsync makes its removal durable)
+    let mut removed: Vec<(&FileRecord, PathBuf)> = Vec::with_capacity(recs.len());
+    for rec in recs {
+        match archive_and_unlink(p, rec) {
+            Ok(Some(dir)) => removed.push((rec, dir)),
+            Ok(None) => {}
+            Err(e) => failed.push((rec.id, e)),
+        }
+    }
+    // One fsync per folder (all spooled copies live in spool/files today); its failure is
+    // every removal's failure there.
+    let mut synced: Vec<(PathBuf, Option<(io::ErrorKind, String)>)> = Vec::new();
+    for (rec, dir) in removed {
+        let outcome = match synced.iter().find(|(d, _)| *d == dir) {
+            Some((_, outcome)) => outcome.clone(),
+            None => {
+                let outcome = spool::fsync_dir(&dir)
+                    .err()
+                    .map(|e| (e.source.kind(), e.source.to_string()));
+                synced.push((dir.clone(), outcome.clone()));
+                outcome
+            }
+        };
+        if let Some((kind, why)) = outcome {
+            failed.push((
+                rec.id,
+                ArchiveError::Spool(spool::SpoolError {
+                    op: "fsync directory",
+                    path: dir,
+                    source: io::Error::new(kind, why),
+                }),
+            ));
+            continue;
+        }
+        let archive = policy(p, rec);
+        tracing::info!(
+            event = "file.archived",
+            file_id = rec.id,
+            partner = %rec.partner,
+            "spooled copy of file {} {}",
+            rec.id,
+            if matches!(archive, Archive::Delete) { "deleted after delivery" } else { "archived encrypted" }
+        );
+    }
+    failed
+}
+
+fn policy(p: &Pipeline, rec: &FileRecord) -> Archive {
+    p.config
         .partner(&rec.partner)
         .map(|pp| pp.archive.clone())
-        .unwrap_or(Archive::Delete);
-    match &archive {
+        .unwrap_or(Archive::Delete)
+}
+
+/// Archives one spooled copy (durably, for `age`) and unlinks it WITHOUT making the removal
+/// durable. Returns the folder the caller must fsync, or `None` when the copy was already
+/// gone (e.g. archived before a crash).
+fn archive_and_unlink(p: &Pipeline, rec: &FileRecord) -> Result<Option<PathBuf>, ArchiveError> {
+    let spooled = Path::new(&rec.spool_path);
+    if spool::size_of(spooled)?.is_none() {
+        return Ok(None); // already archived (e.g. recovery after a crash here)
+    }
+    match &policy(p, rec) {
         Archive::Delete => {}
         Archive::Age { recipients, .. } => {
             let parsed = recipients
@@ -79,6 +146,8 @@ pub fn archive_delivered(p: &Pipeline, rec: &FileRecord) -> Result<(), ArchiveEr
                 w.finish()?;
                 Ok(())
             })?;
+            // commit_temp fsyncs the archive folder: the encrypted copy is durable before the
+            // plain one's removal can be.
             let dest = archive_path(p, rec);
             if let Err(e) = spool::commit_temp(&temp, &dest) {
                 let _ = spool::discard(&temp);
@@ -88,16 +157,7 @@ pub fn archive_delivered(p: &Pipeline, rec: &FileRecord) -> Result<(), ArchiveEr
             }
         }
     }
-    spool::discard(spooled)?;
-    tracing::info!(
-        event = "file.archived",
-        file_id = rec.id,
-        partner = %rec.partner,
-        "spooled copy of file {} {}",
-        rec.id,
-        if matches!(archive, Archive::Delete) { "deleted after delivery" } else { "archived encrypted" }
-    );
-    Ok(())
+    Ok(spool::remove_no_sync(spooled)?.map(Path::to_path_buf))
 }
 
 /// Delete archived copies older than each partner's retention. Returns how many went.
