@@ -121,7 +121,14 @@ pub(crate) enum UpEntry {
 struct AccountState {
     sessions: u32,
     uploads: HashMap<String, UpEntry>,
+    /// When expired entries were last dropped (see [`PRUNE_EVERY`]).
+    pruned: Option<Instant>,
 }
+
+/// How often an account's expired upload entries are dropped. Not on every request: an
+/// account that uploads thousands of files within its grace period would otherwise walk all
+/// of them for each one. An entry may outlive its grace by this much.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// State shared by all connections.
 pub(crate) struct Shared {
@@ -146,10 +153,16 @@ impl Shared {
         let mut map = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         let st = map.entry(acc.partner.clone()).or_default();
         let now = Instant::now();
-        st.uploads.retain(|_, e| match e {
-            UpEntry::Accepted { until, .. } | UpEntry::Refused { until, .. } => *until > now,
-            _ => true,
-        });
+        if st
+            .pruned
+            .is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY)
+        {
+            st.pruned = Some(now);
+            st.uploads.retain(|_, e| match e {
+                UpEntry::Accepted { until, .. } | UpEntry::Refused { until, .. } => *until > now,
+                _ => true,
+            });
+        }
         f(st)
     }
 

@@ -37,6 +37,9 @@ pub const MAX_HANDLES: usize = 64;
 /// Writes queued per upload before WRITE replies wait for the disk: bounds memory per upload
 /// (64 × 256 KiB = 16 MiB at most) while keeping the client's pipeline full.
 const WRITE_QUEUE: usize = 64;
+/// Uploads are written on the session's task up to this size, then by a writer thread (see
+/// [`Writer`]).
+const INLINE_MAX: u64 = 256 * 1024;
 /// Buffers of the request loop: room for a burst of small requests and replies (bigger ones
 /// bypass them); small, because every idle session holds them.
 const READ_BUF: usize = 128 * 1024;
@@ -113,11 +116,79 @@ struct WriterDone {
     size: u64,
 }
 
+/// Which bytes of an upload were written strictly in order from offset 0.
+#[derive(Clone, Copy)]
+struct Sequence {
+    /// False once a write landed anywhere but at `in_order` (or the upload was resumed).
+    sequential: bool,
+    /// Bytes [0, in_order) were written in order.
+    in_order: u64,
+}
+
+impl Sequence {
+    fn new(resumed_size: u64) -> Sequence {
+        // A resumed upload's first part came from another handle: never "in order".
+        Sequence {
+            sequential: resumed_size == 0,
+            in_order: 0,
+        }
+    }
+
+    fn wrote(&mut self, off: u64, len: usize) {
+        if self.sequential && off == self.in_order {
+            self.in_order += len as u64;
+        } else {
+            self.sequential = false;
+        }
+    }
+}
+
+/// Where an upload's WRITEs go.
+enum Writer {
+    /// Up to [`INLINE_MAX`] bytes: written on the session's own task (a page-cache copy of a
+    /// few microseconds). A typical payment file of a few KiB then costs no thread hand-off
+    /// per WRITE, fsync and CLOSE.
+    Inline {
+        upload: Upload,
+        seq: Sequence,
+        error: Option<std::io::Error>,
+    },
+    /// Larger: a writer thread (see [`start_writer`]), so big writes and the analysis fed
+    /// from them never hold up the session's task.
+    Thread {
+        tx: mpsc::Sender<WriterCmd>,
+        worker: tokio::task::JoinHandle<WriterDone>,
+    },
+    /// Only while switching from `Inline` to `Thread`.
+    Switching,
+}
+
+impl Writer {
+    /// Stop writing and hand back the file (CLOSE, or the session ended).
+    async fn finish(self) -> Option<WriterDone> {
+        match self {
+            Writer::Inline { upload, error, .. } => {
+                let size = upload.file.metadata().map(|m| m.len()).unwrap_or(0);
+                Some(WriterDone {
+                    upload,
+                    error,
+                    analysed: None,
+                    size,
+                })
+            }
+            Writer::Thread { tx, worker } => {
+                drop(tx);
+                worker.await.ok()
+            }
+            Writer::Switching => None,
+        }
+    }
+}
+
 /// An upload being written in this session.
 struct OpenUpload {
     name: String,
-    tx: mpsc::Sender<WriterCmd>,
-    worker: tokio::task::JoinHandle<WriterDone>,
+    writer: Writer,
     /// Highest byte written + 1 (what FSTAT answers).
     size: u64,
     /// Most bytes this upload may reach (file size limit, quota).
@@ -132,15 +203,15 @@ struct OpenUpload {
 /// while the bytes arrive. `keys`: the partner's seal keys.
 fn start_writer(
     upload: Upload,
-    resumed_size: u64,
+    seq: Sequence,
     keys: Vec<SealKey>,
 ) -> (mpsc::Sender<WriterCmd>, tokio::task::JoinHandle<WriterDone>) {
     let (tx, mut rx) = mpsc::channel::<WriterCmd>(WRITE_QUEUE);
     let worker = tokio::task::spawn_blocking(move || {
-        // Bytes [0, in_order) were written strictly in order (a resumed upload never is:
-        // its first part came from another handle).
-        let mut sequential = resumed_size == 0;
-        let mut in_order = 0u64;
+        let Sequence {
+            mut sequential,
+            mut in_order,
+        } = seq;
         let mut live: Option<Live> = None;
         let mut error: Option<std::io::Error> = None;
         while let Some(cmd) = rx.blocking_recv() {
@@ -284,9 +355,8 @@ impl Session {
     async fn cleanup(&mut self) {
         for (_, h) in self.handles.drain() {
             if let Handle_::Upload(u) = h {
-                drop(u.tx);
                 self.shared.forget_writing(&self.account, &u.name);
-                if let Ok(done) = u.worker.await {
+                if let Some(done) = u.writer.finish().await {
                     done.upload.abandon();
                 }
                 tracing::warn!(event = "sftp.upload.abandoned", user = %self.account.username, peer = %self.account.peer, name = %u.name, "upload of {} abandoned: the session ended before CLOSE; nothing was handed over", u.name);
@@ -543,18 +613,13 @@ impl Session {
                 limit_reason = "your disk quota is used up (fetch and delete files in /download)";
             }
         }
-        let keys = self
-            .shared
-            .pipeline
-            .config
-            .partner(&self.account.partner)
-            .map(|p| p.seal.keys.clone())
-            .unwrap_or_default();
-        let (tx, worker) = start_writer(upload, start_size, keys);
         let open = OpenUpload {
             name: name.clone(),
-            tx,
-            worker,
+            writer: Writer::Inline {
+                upload,
+                seq: Sequence::new(start_size),
+                error: None,
+            },
             size: start_size,
             limit,
             limit_reason,
@@ -589,8 +654,49 @@ impl Session {
             return Err(fail(StatusCode::Failure, msg));
         }
         u.size = u.size.max(end);
-        if u.tx.send(WriterCmd::Write(offset, data)).await.is_err() {
-            return Err(fail(StatusCode::Failure, "write failed"));
+        if end > INLINE_MAX && matches!(u.writer, Writer::Inline { .. }) {
+            let Writer::Inline { upload, seq, error } =
+                std::mem::replace(&mut u.writer, Writer::Switching)
+            else {
+                unreachable!("matched Inline above");
+            };
+            if let Some(e) = error {
+                // Already failed inline: keep failing, and report it at CLOSE.
+                u.writer = Writer::Inline {
+                    upload,
+                    seq,
+                    error: Some(e),
+                };
+                return Err(fail(StatusCode::Failure, "write failed (disk problem)"));
+            }
+            let keys = self
+                .shared
+                .pipeline
+                .config
+                .partner(&self.account.partner)
+                .map(|p| p.seal.keys.clone())
+                .unwrap_or_default();
+            let (tx, worker) = start_writer(upload, seq, keys);
+            u.writer = Writer::Thread { tx, worker };
+        }
+        match &mut u.writer {
+            Writer::Inline { upload, seq, error } => {
+                if error.is_some() {
+                    return Err(fail(StatusCode::Failure, "write failed (disk problem)"));
+                }
+                if let Err(e) = upload.file.write_all_at(&data, offset) {
+                    tracing::error!(event = "sftp.upload.failed", user = %self.account.username, name = %u.name, "writing {} failed: {e}", u.name);
+                    *error = Some(e);
+                    return Err(fail(StatusCode::Failure, "write failed (disk problem)"));
+                }
+                seq.wrote(offset, data.len());
+            }
+            Writer::Thread { tx, .. } => {
+                if tx.send(WriterCmd::Write(offset, data)).await.is_err() {
+                    return Err(fail(StatusCode::Failure, "write failed"));
+                }
+            }
+            Writer::Switching => return Err(fail(StatusCode::Failure, "write failed")),
         }
         Ok(ok(id))
     }
@@ -653,10 +759,9 @@ impl Session {
             }
             Handle_::Dir(_) => return Ok(ok(id)),
         };
-        drop(u.tx);
-        let done = match u.worker.await {
-            Ok(d) => d,
-            Err(_) => {
+        let done = match u.writer.finish().await {
+            Some(d) => d,
+            None => {
                 self.shared.forget_writing(&self.account, &u.name);
                 return Err(fail(
                     StatusCode::Failure,
@@ -1024,16 +1129,23 @@ impl Session {
                     return Err(fail(StatusCode::BadMessage, "malformed fsync"));
                 };
                 match self.handles.get(&h) {
-                    Some(Handle_::Upload(u)) => {
-                        let (tx, rx) = oneshot::channel();
-                        if u.tx.send(WriterCmd::Sync(tx)).await.is_err() {
-                            return Err(fail(StatusCode::Failure, "fsync failed"));
+                    Some(Handle_::Upload(u)) => match &u.writer {
+                        // No disk flush (see the writer thread's Sync): write errors only.
+                        Writer::Inline { error: None, .. } => Ok(ok(id)),
+                        Writer::Inline { .. } | Writer::Switching => {
+                            Err(fail(StatusCode::Failure, "fsync failed"))
                         }
-                        match rx.await {
-                            Ok(Ok(())) => Ok(ok(id)),
-                            _ => Err(fail(StatusCode::Failure, "fsync failed")),
+                        Writer::Thread { tx, .. } => {
+                            let (otx, rx) = oneshot::channel();
+                            if tx.send(WriterCmd::Sync(otx)).await.is_err() {
+                                return Err(fail(StatusCode::Failure, "fsync failed"));
+                            }
+                            match rx.await {
+                                Ok(Ok(())) => Ok(ok(id)),
+                                _ => Err(fail(StatusCode::Failure, "fsync failed")),
+                            }
                         }
-                    }
+                    },
                     Some(_) => Ok(ok(id)),
                     None => Err(fail(StatusCode::Failure, "no such handle")),
                 }
