@@ -35,8 +35,12 @@ use std::thread::JoinHandle;
 /// Uploads smaller than this are read back after CLOSE (from the page cache, in well under
 /// a millisecond): three threads per file would cost more than they save.
 pub const LIVE_THRESHOLD: u64 = 4 * 1024 * 1024;
-/// Chunks (client WRITEs, 32–256 KiB) a pass may lag behind the writer.
-const CHANNEL_CHUNKS: usize = 32;
+/// Chunks are handed to the passes in batches of about this many bytes: one channel send
+/// and at most one thread wake-up per batch and pass rather than per client WRITE (32 KiB
+/// from OpenSSH: 32 768 per GiB).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Batches a pass may lag behind the writer (bounds the memory a slow pass can pin).
+const CHANNEL_BATCHES: usize = 8;
 /// Analyses running at once across all sessions; beyond this, uploads are read back after
 /// CLOSE (correct, only later). Bounds the threads a burst of large uploads can start.
 pub const MAX_LIVE: usize = 8;
@@ -45,7 +49,10 @@ static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
 /// An analysis in progress, owned by the upload's writer.
 pub struct Live {
-    feeds: Vec<SyncSender<Bytes>>,
+    feeds: Vec<SyncSender<Batch>>,
+    /// Chunks written but not yet handed to the passes.
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
     abort: Arc<AtomicBool>,
     passes: Option<Threads>,
     /// File offset the next fed chunk must start at.
@@ -63,6 +70,9 @@ struct Threads {
 /// in the read-back, because they share the line scan (threads beyond the cores the
 /// machine has would only add that scan twice).
 type SealPass = (Option<(seal::SealVerdict, seal::UnprotectedScan)>, [u8; 32]);
+
+/// Chunks handed to every pass at once.
+type Batch = Arc<Vec<Bytes>>;
 
 /// What an inbound adapter already knows about an upload it hands to ingest.
 pub struct Analysed {
@@ -85,11 +95,13 @@ impl Live {
         let abort = Arc::new(AtomicBool::new(false));
         let mut feeds = Vec::new();
         let mut spawn_feed = || -> io::Result<Feed> {
-            let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
+            let (tx, rx) = sync_channel(CHANNEL_BATCHES);
             feeds.push(tx);
             Ok(Feed {
                 prefix: File::open(path)?.take(prefix),
                 rx,
+                batch: Batch::default(),
+                next_in_batch: 0,
                 cur: Bytes::new(),
                 abort: abort.clone(),
             })
@@ -127,6 +139,8 @@ impl Live {
         })();
         let mut live = Live {
             feeds,
+            pending: Vec::new(),
+            pending_bytes: 0,
             abort,
             passes: None,
             next: prefix,
@@ -158,8 +172,21 @@ impl Live {
             return;
         }
         self.next += data.len() as u64;
+        self.pending_bytes += data.len();
+        self.pending.push(data.clone());
+        if self.pending_bytes >= BATCH_BYTES {
+            self.send_pending();
+        }
+    }
+
+    fn send_pending(&mut self) {
+        if self.pending.is_empty() || self.broken {
+            return;
+        }
+        let batch: Batch = Arc::new(std::mem::take(&mut self.pending));
+        self.pending_bytes = 0;
         for tx in &self.feeds {
-            if tx.send(data.clone()).is_err() {
+            if tx.send(batch.clone()).is_err() {
                 // A pass ended early (read error): the result would be incomplete.
                 self.stop();
                 return;
@@ -172,6 +199,7 @@ impl Live {
         self.broken = true;
         self.abort.store(true, Ordering::Release);
         self.feeds.clear();
+        self.pending.clear();
     }
 
     /// End of the upload: the passes' results if they saw exactly the file's `size` bytes.
@@ -179,6 +207,7 @@ impl Live {
         if self.next != size {
             self.stop();
         }
+        self.send_pending();
         let broken = self.broken;
         self.feeds.clear(); // end of stream for the passes
         let t = self.passes.take()?;
@@ -222,7 +251,9 @@ fn spawn<T: Send + 'static>(
 /// One pass's view of the upload: the prefix from the file, then the fed chunks.
 struct Feed {
     prefix: io::Take<File>,
-    rx: Receiver<Bytes>,
+    rx: Receiver<Batch>,
+    batch: Batch,
+    next_in_batch: usize,
     cur: Bytes,
     abort: Arc<AtomicBool>,
 }
@@ -264,8 +295,16 @@ impl BufRead for Feed {
             self.cur = Bytes::from(v);
         }
         while self.cur.is_empty() {
+            if let Some(b) = self.batch.get(self.next_in_batch) {
+                self.cur = b.clone();
+                self.next_in_batch += 1;
+                continue;
+            }
             match self.rx.recv() {
-                Ok(b) => self.cur = b,
+                Ok(b) => {
+                    self.batch = b;
+                    self.next_in_batch = 0;
+                }
                 Err(_) => {
                     self.aborted()?;
                     return Ok(&[]);
