@@ -97,6 +97,29 @@ impl Gateway {
         }
     }
 
+    /// Send a signal (`kill -NAME`) to the running daemon.
+    pub fn signal(&self, name: &str) {
+        let pid = self.serve.as_ref().expect("daemon started").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} {pid}");
+    }
+
+    /// True while the daemon process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.serve
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.path().join("serve.log")).unwrap_or_default()
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.serve.take() {
             unsafe_free_sigterm(c.id());
@@ -1010,4 +1033,59 @@ fn characters_the_seal_cannot_protect_are_refused_by_policy() {
     let f2 = write(src.path(), "twin2.txt", &sealed(&changed, "261130"));
     let (code, out) = g.ingest("demo", &[&f2]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// SIGHUP never stops the daemon: it checks the edited configuration as a whole and says
+/// whether it is valid (and that a restart applies it) or lists the problems with file and
+/// field; the daemon keeps working on the configuration it started with.
+#[test]
+fn sighup_checks_the_configuration_and_keeps_the_daemon_running() {
+    let mut g = Gateway::new();
+    // A free port: tests run in parallel and the shipped example listens on 2222.
+    let toml = fs::read_to_string(g.path().join("sluss.toml"))
+        .unwrap()
+        .replace("127.0.0.1:2222", "127.0.0.1:0");
+    fs::write(g.path().join("sluss.toml"), toml).unwrap();
+    g.start();
+    let wait = |g: &Gateway, what: &str| {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < end && !g.log().contains(what) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(g.log().contains(what), "no {what} in:\n{}", g.log());
+    };
+    wait(&g, "daemon.ready");
+
+    g.signal("HUP");
+    wait(&g, "config.reload");
+    assert!(g.running(), "SIGHUP must not stop the daemon:\n{}", g.log());
+    assert!(g.log().contains("restart it"), "{}", g.log());
+
+    // A bad edit: refused with the file and field named, the daemon keeps working.
+    let job = g.path().join("jobs.d/demo.toml");
+    let text = fs::read_to_string(&job).unwrap();
+    fs::write(&job, format!("{text}\nbogus_field = 1\n")).unwrap();
+    g.signal("HUP");
+    wait(&g, "config.reload-refused");
+    let log = g.log();
+    assert!(
+        log.contains("demo.toml") && log.contains("bogus_field"),
+        "{log}"
+    );
+    assert!(g.running(), "a bad edit must not stop the daemon:\n{log}");
+    fs::write(&job, text).unwrap();
+
+    // Still working: a payment file handed over now is delivered.
+    let f = g.path().join("pay.txt");
+    fs::write(&f, sealed(&lb_order(DEMO_BG, 2, 900), "261129")).unwrap();
+    let (code, out) = g.ingest("demo", &[&f]);
+    assert_eq!(code, 0, "{out}");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < end
+        && fs::read_dir(g.outbox()).map(|d| d.count()).unwrap_or(0) == 0
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(fs::read_dir(g.outbox()).unwrap().count(), 1, "{}", g.log());
+    g.stop();
 }

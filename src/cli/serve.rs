@@ -90,6 +90,30 @@ pub fn load_config(dir: &Path) -> anyhow::Result<Arc<Config>> {
     Ok(Arc::new(again.config))
 }
 
+/// SIGHUP: check the configuration directory and report; the running configuration stays.
+fn check_on_hangup(dir: &Path) {
+    match config::load(dir) {
+        Ok(_) => tracing::warn!(
+            event = "config.reload",
+            dir = %dir.display(),
+            "SIGHUP: the configuration in {} is valid, but sluss applies configuration only \
+             at start: restart it (SIGTERM, then start) to use the edited files; it keeps \
+             running with the configuration it started with",
+            dir.display()
+        ),
+        Err(errors) => tracing::error!(
+            event = "config.reload-refused",
+            dir = %dir.display(),
+            problems = errors.0.len(),
+            "SIGHUP: the configuration in {} has {} problem(s); sluss keeps running with the \
+             configuration it started with. Fix them (`sluss check --config {}`):\n{errors}",
+            dir.display(),
+            errors.0.len(),
+            dir.display()
+        ),
+    }
+}
+
 fn generate_key(k: &PendingKey) -> anyhow::Result<()> {
     use sluss::config::PendingKeyKind;
     use sluss::sftpd::keys::{self, HostKeyKind};
@@ -240,6 +264,7 @@ async fn serve_sftp(pipeline: Arc<Pipeline>, mut stopped: tokio::sync::oneshot::
 
 pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&a.config)?;
+    let config_dir = a.config.clone();
     let pipeline = Arc::new(Pipeline::open(config.clone()).context("opening the pipeline")?);
     tracing::info!(
         event = "daemon.starting",
@@ -326,6 +351,10 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // SIGHUP must never stop the daemon (its default action would). Applying a changed
+        // configuration while running is not built yet; until it is, SIGHUP checks the files
+        // as a whole — as a reload would before applying anything — and says what to do.
+        let mut hup = signal(SignalKind::hangup())?;
         let (stop_sftp, stopped) = tokio::sync::oneshot::channel::<()>();
         let sftp = config
             .sftp
@@ -335,9 +364,12 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             event = "daemon.ready",
             "sluss is running; stop with SIGTERM or Ctrl-C"
         );
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => check_on_hangup(&config_dir),
+            }
         }
         let _ = stop_sftp.send(());
         if let Some(t) = sftp {
