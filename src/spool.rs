@@ -185,11 +185,9 @@ pub fn create_locked(dir: &Path, mode: u32) -> Result<(PathBuf, File, File)> {
     }
 }
 
-/// Make a file written through [`create_locked`] durable and describe it: fsync, size, and
-/// SHA-256 (computed by reading it back unless the writer already knows it).
-pub fn finish_upload(path: &Path, file: File, sha256: Option<String>) -> Result<Written> {
-    file.sync_all()
-        .map_err(|e| SpoolError::new("fsync", path, e))?;
+/// Describe a file written through [`create_locked`]: size, and SHA-256 (computed by reading
+/// it back unless the writer already knows it). Not durable yet: see [`sync_batch`].
+pub fn describe_upload(path: &Path, file: &File, sha256: Option<String>) -> Result<Written> {
     let size = file
         .metadata()
         .map_err(|e| SpoolError::new("stat", path, e))?
@@ -202,6 +200,41 @@ pub fn finish_upload(path: &Path, file: File, sha256: Option<String>) -> Result<
         path: path.to_path_buf(),
         size,
         sha256,
+    })
+}
+
+/// Make a batch durable: the contents of `files` (written, not yet fsynced, already moved
+/// into `dir`) and the new names in `dir`. The directory's fsync runs beside the files'
+/// instead of after them: each fsync ends in a disk cache flush (~0.2–0.4 ms on the VMs
+/// measured), concurrent flushes are merged by the block layer, and a receipt waits for
+/// this. Nothing references these files until the caller's ledger commit, which must come
+/// after this returns: a crash before then leaves unreferenced files for the start-up sweep.
+/// Returns the directory's result and one result per file.
+pub fn sync_batch(dir: &Path, files: &[(&Path, &File)]) -> (Result<()>, Vec<Result<()>>) {
+    if files.is_empty() {
+        return (fsync_dir(dir), Vec::new());
+    }
+    std::thread::scope(|s| {
+        let sync_files = s.spawn(|| {
+            files
+                .iter()
+                .map(|(p, f)| f.sync_all().map_err(|e| SpoolError::new("fsync", p, e)))
+                .collect::<Vec<_>>()
+        });
+        let d = fsync_dir(dir);
+        let f = sync_files.join().unwrap_or_else(|_| {
+            files
+                .iter()
+                .map(|(p, _)| {
+                    Err(SpoolError::new(
+                        "fsync",
+                        p,
+                        std::io::Error::other("fsync thread failed"),
+                    ))
+                })
+                .collect()
+        });
+        (d, f)
     })
 }
 

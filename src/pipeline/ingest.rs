@@ -121,6 +121,8 @@ struct Analysis {
 struct Pending {
     name: String,
     written: Written,
+    /// An upload's file, written but not yet fsynced: made durable with the batch.
+    unsynced: Option<File>,
     /// Held until the ledger commit: start-up sweeps leave a locked file alone.
     _lock: File,
     analysis: Analysis,
@@ -147,12 +149,51 @@ impl Pipeline {
         for inc in files {
             slots.push(self.spool_and_analyse(partner, inc));
         }
-        // The renames into spool/files become durable with one directory fsync for the batch.
-        // spool/incoming is not fsynced: if a crash brings an old name back there, it is an
-        // unlocked temporary file the next start's sweep removes (the file itself lives on
-        // under its durable name in spool/files). That fsync cost ~0.2 ms per receipt.
+        // The renames into spool/files become durable with one directory fsync for the batch,
+        // run beside the fsyncs of uploads' contents (spool::sync_batch), all before the
+        // commit below references them. spool/incoming is not fsynced: if a crash brings an
+        // old name back there, it is an unlocked temporary file the next start's sweep removes
+        // (the file itself lives on under its durable name in spool/files). Each of those
+        // fsyncs in a row cost ~0.4 ms per receipt.
         if slots.iter().any(|s| s.is_ok()) {
-            spool::fsync_dir(&self.layout.files())?;
+            let to_sync: Vec<(usize, &Path, &File)> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match s {
+                    Ok(p) => p
+                        .unsynced
+                        .as_ref()
+                        .map(|f| (i, p.written.path.as_path(), f)),
+                    Err(_) => None,
+                })
+                .collect();
+            let pairs: Vec<(&Path, &File)> = to_sync.iter().map(|(_, p, f)| (*p, *f)).collect();
+            let (dir, files) = spool::sync_batch(&self.layout.files(), &pairs);
+            let failed: Vec<(usize, spool::SpoolError)> = to_sync
+                .iter()
+                .zip(files)
+                .filter_map(|((i, _, _), r)| r.err().map(|e| (*i, e)))
+                .collect();
+            if let Err(e) = dir {
+                for p in slots.iter().flatten() {
+                    let _ = spool::discard(&p.written.path);
+                }
+                return Err(e.into());
+            }
+            for (i, e) in failed {
+                if let Ok(p) = &slots[i] {
+                    let _ = spool::discard(&p.written.path);
+                    let name = p.name.clone();
+                    slots[i] = Err(if e.is_disk_full() {
+                        IngestError::DiskFull {
+                            name,
+                            dir: self.layout.files(),
+                        }
+                    } else {
+                        IngestError::Spool { name, source: e }
+                    });
+                }
+            }
         }
 
         // 2. One transaction records them all: duplicate check inside it, so two concurrent
@@ -411,11 +452,11 @@ impl Pipeline {
                 }
             }
         };
-        let (written, lock, live) = match inc.body {
+        let (written, lock, live, unsynced) = match inc.body {
             Body::Reader(reader) => {
                 let (w, lock) = spool::write_temp_locked(&incoming, reader, spool::MODE_SECRET)
                     .map_err(to_ingest_error)?;
-                (w, lock, None)
+                (w, lock, None, None)
             }
             Body::Upload(up, analysed) => {
                 let Upload { path, file, lock } = up;
@@ -426,9 +467,9 @@ impl Pipeline {
                     }
                     None => (None, None),
                 };
-                let w = spool::finish_upload(&path, file, sha256);
+                let w = spool::describe_upload(&path, &file, sha256);
                 match w {
-                    Ok(w) => (w, lock, passes),
+                    Ok(w) => (w, lock, passes, Some(file)),
                     Err(e) => {
                         let _ = spool::discard(&path);
                         return Err(to_ingest_error(e));
@@ -474,6 +515,7 @@ impl Pipeline {
         }
         Ok(Pending {
             name,
+            unsynced,
             _lock: lock,
             written: Written {
                 path: stored,
