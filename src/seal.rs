@@ -540,18 +540,33 @@ struct RecordHead {
     line: u64,
     head: Vec<u8>,
     len: usize,
+    /// The previous piece ended in CR: part of the line unless the line ends right after
+    /// it. Keeps `len` independent of where a long line was split into pieces (the pieces
+    /// follow the reads, which differ between reading a file and an upload as it arrives).
+    pending_cr: bool,
 }
 
 impl RecordHead {
-    fn start(line: u64, content: &[u8]) -> Self {
-        RecordHead {
+    fn start(line: u64, content: &[u8], last: bool) -> Self {
+        let mut r = RecordHead {
             line,
             head: content[..content.len().min(RECORD_LEN + 1)].to_vec(),
-            len: content.len(),
-        }
+            len: 0,
+            pending_cr: false,
+        };
+        r.extend(content, last);
+        r
     }
-    fn extend(&mut self, content: &[u8]) {
-        self.len += content.len();
+    fn extend(&mut self, content: &[u8], last: bool) {
+        if std::mem::take(&mut self.pending_cr) && !(last && content.is_empty()) {
+            self.len += 1;
+        }
+        if !last && content.last() == Some(&b'\r') {
+            self.len += content.len() - 1;
+            self.pending_cr = true;
+        } else {
+            self.len += content.len();
+        }
     }
 }
 
@@ -896,7 +911,7 @@ impl LineSink for VerifySink {
         if first {
             if line == 1 {
                 self.sealed = is_tk00(content);
-                self.first = Some(RecordHead::start(line, content));
+                self.first = Some(RecordHead::start(line, content, last));
                 if content.len() >= 2 {
                     self.first_code = [content[0], content[1]];
                 }
@@ -907,7 +922,7 @@ impl LineSink for VerifySink {
                     // state here; if a later `99` line appears, this one was just data.
                     self.feeder.flush();
                     self.cand = Some(Candidate {
-                        rec: RecordHead::start(line, content),
+                        rec: RecordHead::start(line, content, last),
                         snapshot: self.feeder.target.clone(),
                     });
                 }
@@ -932,10 +947,10 @@ impl LineSink for VerifySink {
             }
         } else if line == 1 {
             if let Some(f) = self.first.as_mut() {
-                f.extend(content);
+                f.extend(content, last);
             }
         } else if let Some(c) = self.cand.as_mut().filter(|c| c.rec.line == line) {
-            c.rec.extend(content);
+            c.rec.extend(content, last);
         } else if self.cand.is_some()
             && self.data_after.is_none()
             && bytes.iter().any(|&b| b != b'\r')

@@ -417,6 +417,31 @@ mod tests {
         assert_eq!(running(), 0);
     }
 
+    /// A refused file gets the same words whichever way it was read: an over-long TK99 line
+    /// is split into pieces where the reads end, and a CRLF split between pieces must not
+    /// change the length the refusal quotes.
+    #[test]
+    fn an_over_long_seal_line_is_reported_the_same_live_and_read_back() {
+        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let mut data = sealed_order(50);
+        let last = data[..data.len() - 2]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap()
+            + 1;
+        data.truncate(last);
+        data.extend_from_slice(b"99");
+        data.extend(std::iter::repeat_n(b'7', 4998));
+        data.extend_from_slice(b"\r\n");
+        for chunk in [1, 2, 3, 4095, 4097, 65536] {
+            let (got, back, _) = upload(&data, chunk, 0);
+            let got = got.expect("analysed live");
+            same(got.passes.as_ref().unwrap(), &back);
+            let shown = format!("{:?}", back.seal);
+            assert!(shown.contains("5000"), "{shown}");
+        }
+    }
+
     #[test]
     fn tampered_upload_is_seen_as_tampered() {
         let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

@@ -103,6 +103,9 @@ fn file_attrs(size: u64, mtime: u32, perms: u32) -> FileAttributes {
 /// A command for an upload's writer thread.
 enum WriterCmd {
     Write(u64, Bytes),
+    /// The upload will be discarded (session ended before CLOSE): stop analysing, skip the
+    /// flush.
+    Abandon,
     Sync(oneshot::Sender<std::io::Result<()>>),
 }
 
@@ -164,7 +167,15 @@ enum Writer {
 }
 
 impl Writer {
-    /// Stop writing and hand back the file (CLOSE, or the session ended).
+    /// The session ended before CLOSE: hand back the file without finishing its analysis.
+    async fn abandon(self) -> Option<WriterDone> {
+        if let Writer::Thread { tx, .. } = &self {
+            let _ = tx.send(WriterCmd::Abandon).await;
+        }
+        self.finish().await
+    }
+
+    /// Stop writing and hand back the file (CLOSE).
     async fn finish(self) -> Option<WriterDone> {
         match self {
             Writer::Inline { upload, error, .. } => {
@@ -214,10 +225,11 @@ fn start_writer(
         } = seq;
         let mut live: Option<Live> = None;
         let mut error: Option<std::io::Error> = None;
+        let mut abandoned = false;
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
                 WriterCmd::Write(off, data) => {
-                    if error.is_some() {
+                    if error.is_some() || abandoned {
                         continue;
                     }
                     if let Err(e) = upload.file.write_all_at(&data, off) {
@@ -241,6 +253,12 @@ fn start_writer(
                         }
                     }
                 }
+                WriterCmd::Abandon => {
+                    abandoned = true;
+                    if let Some(l) = live.as_mut() {
+                        l.stop();
+                    }
+                }
                 WriterCmd::Sync(reply) => {
                     // No disk flush here: an upload is worth nothing until its CLOSE is
                     // answered (a crash before that discards it, fsynced or not), and the
@@ -255,12 +273,31 @@ fn start_writer(
             }
         }
         let size = upload.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let analysed = live.and_then(|l| {
-            // A large file's fsync takes as long as the analysis' tail: overlap them (the
-            // pipeline's own fsync before the receipt then finds nothing left to write).
-            let _ = upload.file.sync_data();
-            l.finish(size)
-        });
+        let analysed = match live {
+            Some(mut l) if abandoned => {
+                // Nobody will use the result: end the passes now, flush nothing.
+                l.stop();
+                None
+            }
+            Some(l) => {
+                // A large file's flush takes as long as the analysis' tail: overlap them (the
+                // pipeline's own fsync before the receipt then finds little left to write).
+                // A failed flush is a write error: Linux reports it to one fsync only, so the
+                // pipeline's later fsync of this same file would succeed on bytes that never
+                // reached the disk.
+                if let Err(e) = upload.file.sync_data()
+                    && error.is_none()
+                {
+                    error = Some(e);
+                }
+                if error.is_some() {
+                    None
+                } else {
+                    l.finish(size)
+                }
+            }
+            None => None,
+        };
         WriterDone {
             upload,
             error,
@@ -356,7 +393,7 @@ impl Session {
         for (_, h) in self.handles.drain() {
             if let Handle_::Upload(u) = h {
                 self.shared.forget_writing(&self.account, &u.name);
-                if let Some(done) = u.writer.finish().await {
+                if let Some(done) = u.writer.abandon().await {
                     done.upload.abandon();
                 }
                 tracing::warn!(event = "sftp.upload.abandoned", user = %self.account.username, peer = %self.account.peer, name = %u.name, "upload of {} abandoned: the session ended before CLOSE; nothing was handed over", u.name);
