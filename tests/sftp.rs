@@ -523,6 +523,62 @@ attempt('ooo', put_backwards)
     assert_eq!((live, back), (3, 1), "{log}");
 }
 
+/// A large upload resumed after its first part was closed under a temporary name (as
+/// WinSCP and lftp do after a broken connection): the first part was analysed as it arrived,
+/// the resume writes after it from another handle. The final file must be judged on all of
+/// its bytes — accepted with the SHA-256 of the whole file — and a resumed upload whose
+/// second part was tampered with must be refused.
+#[test]
+fn a_resumed_large_upload_is_judged_on_all_its_bytes() {
+    use sha2::{Digest, Sha256};
+    let g = Gw::start();
+    let good = sealed(&lb_order(DEMO_BG, 150_000, 80)); // ~12 MiB: both halves past 4 MiB
+    let mut bad = sealed(&lb_order(DEMO_BG, 150_000, 81));
+    let i = bad.len() * 3 / 4;
+    let i = i + bad[i..].windows(2).position(|w| w == b"\r\n").unwrap() + 2 + 40;
+    bad[i] = if bad[i] == b'9' { b'1' } else { b'9' };
+    g.write("good.txt", &good);
+    g.write("bad.txt", &bad);
+    let out = g.paramiko(
+        r#"
+def resume(local, remote):
+    data = open(local, 'rb').read()
+    half = len(data) // 2
+    s = connect().open_sftp()
+    f = s.open(remote + '.part', 'wb'); f.write(data[:half]); f.close()
+    f = s.open(remote + '.part', 'ab'); f.write(data[half:]); f.close()
+    s.rename(remote + '.part', remote)
+attempt('good', lambda: resume('good.txt', '/upload/good.txt'))
+attempt('bad', lambda: resume('bad.txt', '/upload/bad.txt'))
+"#,
+        &[],
+    );
+    assert!(out.contains("good OK"), "{out}\n{}", g.log());
+    assert!(out.contains("bad ERR"), "{out}\n{}", g.log());
+    let l = g.ledger();
+    let find = |n: &str| {
+        l.iter()
+            .find(|r| r["original_name"] == n)
+            .unwrap_or_else(|| panic!("{n}: {l:?}"))
+            .clone()
+    };
+    let hex = |b: &[u8]| {
+        Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    let r = find("good.txt");
+    assert_ne!(r["state"], "quarantined", "{r}");
+    assert_eq!(r["sha256"], hex(&good), "{r}");
+    assert_eq!(r["size"], good.len(), "{r}");
+    let r = find("bad.txt");
+    assert_eq!(r["state"], "quarantined", "{r}");
+    assert_eq!(r["sha256"], hex(&bad), "{r}");
+    assert!(wait_for(|| g.outbox().len() == 1), "{}", g.log());
+    assert_eq!(fs::read(&g.outbox()[0]).unwrap(), good);
+}
+
 #[test]
 fn escapes_other_accounts_and_disallowed_operations_are_refused() {
     let g = Gw::start();
