@@ -203,6 +203,28 @@ pub fn describe_upload(path: &Path, file: &File, sha256: Option<String>) -> Resu
     })
 }
 
+/// The whole content of an open file if it is at most `max` bytes (`None` if larger), read
+/// at offset 0 through the handle (its position is not used).
+pub fn read_small(path: &Path, file: &File, max: u64) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
+    let size = file
+        .metadata()
+        .map_err(|e| SpoolError::new("stat", path, e))?
+        .len();
+    if size > max {
+        return Ok(None);
+    }
+    let mut data = vec![0u8; size as usize];
+    file.read_exact_at(&mut data, 0)
+        .map_err(|e| SpoolError::new("read", path, e))?;
+    Ok(Some(data))
+}
+
+/// SHA-256 of bytes in memory, lower-case hex (as [`sha256_file`] gives for a file).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex_lower(&Sha256::digest(data))
+}
+
 /// Make a batch durable: the contents of `files` (written, not yet fsynced, already moved
 /// into `dir`) and the new names in `dir`. The directory's fsync runs beside the files'
 /// instead of after them: each fsync ends in a disk cache flush (~0.2–0.4 ms on the VMs
