@@ -725,9 +725,14 @@ fn disconnect_mid_upload_ingests_nothing_and_cleans_up() {
     let out = g.paramiko(
         r#"
 c = connect(); s = c.open_sftp()
-f = s.open('/upload/big.txt', 'w')
-f.write(b'x' * 1000000)
-f.flush()
+# Three uploads cut at once: written on the session's task (100 kB), by a writer thread
+# (1 MB), and analysed as it arrives (6 MB, past the live-analysis threshold).
+open_files = []  # kept referenced: paramiko closes a file object when it is collected
+for name, n in (('small.txt', 100000), ('big.txt', 1000000), ('huge.txt', 6000000)):
+    f = s.open('/upload/' + name, 'w')
+    f.write(b'x' * n)
+    f.flush()
+    open_files.append(f)
 c.get_transport().sock.close()
 print('CUT')
 "#,
@@ -735,7 +740,7 @@ print('CUT')
     );
     assert!(out.contains("CUT"), "{out}");
     assert!(
-        wait_for(|| g.log().contains("sftp.upload.abandoned")),
+        wait_for(|| g.log().matches("sftp.upload.abandoned").count() == 3),
         "{}",
         g.log()
     );
@@ -745,11 +750,18 @@ print('CUT')
         g.incoming_temps()
     );
     assert!(g.ledger().is_empty(), "nothing ingested");
-    // Nothing else affected: the next upload works.
+    // Nothing else affected: the next uploads work, a large one analysed as it arrives.
     g.write("after.txt", &good_order(30));
-    let (ok, out) = g.sftp("put after.txt /upload/after.txt\n");
-    assert!(ok, "{out}");
-    assert_eq!(g.ledger().len(), 1);
+    g.write("after-big.txt", &sealed(&lb_order(DEMO_BG, 80_000, 31)));
+    let (ok, out) =
+        g.sftp("put after.txt /upload/after.txt\nput after-big.txt /upload/after-big.txt\n");
+    assert!(ok, "{out}\n{}", g.log());
+    assert_eq!(g.ledger().len(), 2);
+    assert!(
+        g.log().contains("checked_while_arriving=true"),
+        "{}",
+        g.log()
+    );
 }
 
 #[test]
