@@ -442,6 +442,24 @@ attempt('rename-again', lambda: s.rename('/upload/pay.txt', '/upload/other.txt')
     assert!(names.contains(&"pay.txt".to_string()), "{names:?} / {l:?}");
 }
 
+/// SHA-256 of `b`, lower-case hex, as the ledger records it.
+fn sha(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// The ledger record of the file received as `name`.
+fn record_named(ledger: &[serde_json::Value], name: &str) -> serde_json::Value {
+    ledger
+        .iter()
+        .find(|r| r["original_name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in the ledger: {ledger:?}"))
+        .clone()
+}
+
 /// Large uploads are analysed while they arrive (above the 4 MiB threshold of
 /// `pipeline::live`); the outcome must be what reading the file back gives: a sealed file
 /// accepted with its true SHA-256 and delivered byte-identical, a tampered one refused at
@@ -449,7 +467,6 @@ attempt('rename-again', lambda: s.rename('/upload/pay.txt', '/upload/other.txt')
 /// (the analysis falls back to reading back) accepted too.
 #[test]
 fn large_uploads_analysed_as_they_arrive_get_the_same_verdicts() {
-    use sha2::{Digest, Sha256};
     let g = Gw::start();
     let big = |seed| sealed(&lb_order(DEMO_BG, 80_000, seed)); // ~6.4 MiB
     let good = big(70);
@@ -488,18 +505,7 @@ attempt('ooo', put_backwards)
     assert!(out.contains("ooo OK"), "{out}\n{}", g.log());
 
     let l = g.ledger();
-    let by_name = |n: &str| {
-        l.iter()
-            .find(|r| r["original_name"] == n)
-            .unwrap_or_else(|| panic!("{n} not in the ledger: {l:?}"))
-            .clone()
-    };
-    let sha = |b: &[u8]| {
-        Sha256::digest(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    };
+    let by_name = |n: &str| record_named(&l, n);
     let r = by_name("big.txt");
     assert_ne!(r["state"], "quarantined", "{r}");
     assert_eq!(r["sha256"], sha(&good), "{r}");
@@ -530,7 +536,6 @@ attempt('ooo', put_backwards)
 /// second part was tampered with must be refused.
 #[test]
 fn a_resumed_large_upload_is_judged_on_all_its_bytes() {
-    use sha2::{Digest, Sha256};
     let g = Gw::start();
     let good = sealed(&lb_order(DEMO_BG, 150_000, 80)); // ~12 MiB: both halves past 4 MiB
     let mut bad = sealed(&lb_order(DEMO_BG, 150_000, 81));
@@ -556,25 +561,14 @@ attempt('bad', lambda: resume('bad.txt', '/upload/bad.txt'))
     assert!(out.contains("good OK"), "{out}\n{}", g.log());
     assert!(out.contains("bad ERR"), "{out}\n{}", g.log());
     let l = g.ledger();
-    let find = |n: &str| {
-        l.iter()
-            .find(|r| r["original_name"] == n)
-            .unwrap_or_else(|| panic!("{n}: {l:?}"))
-            .clone()
-    };
-    let hex = |b: &[u8]| {
-        Sha256::digest(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect::<String>()
-    };
+    let find = |n: &str| record_named(&l, n);
     let r = find("good.txt");
     assert_ne!(r["state"], "quarantined", "{r}");
-    assert_eq!(r["sha256"], hex(&good), "{r}");
+    assert_eq!(r["sha256"], sha(&good), "{r}");
     assert_eq!(r["size"], good.len(), "{r}");
     let r = find("bad.txt");
     assert_eq!(r["state"], "quarantined", "{r}");
-    assert_eq!(r["sha256"], hex(&bad), "{r}");
+    assert_eq!(r["sha256"], sha(&bad), "{r}");
     assert!(wait_for(|| g.outbox().len() == 1), "{}", g.log());
     assert_eq!(fs::read(&g.outbox()[0]).unwrap(), good);
 }
