@@ -22,7 +22,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// How many seal-unprotected character positions a refusal quotes.
-pub(crate) const CHARSET_EXAMPLES: usize = 3;
+const CHARSET_EXAMPLES: usize = 3;
 /// How many structure problems a refusal quotes (the rest are in `sluss inspect`).
 const STRUCTURE_EXAMPLES: usize = 3;
 
@@ -564,35 +564,41 @@ pub struct Passes {
 /// read.
 const PARALLEL_READ_FROM: u64 = 1024 * 1024;
 
-/// Read a spooled file back for recognition and the seal pass (MAC, unprotected characters
-/// and payload digest in one read). Large files: the two reads run side by side, one core
-/// each, so the receipt waits for the slower of the two rather than their sum.
+/// Seal verdict and unprotected characters (when the partner has keys) and the payload
+/// digest, from one read: they share the line scan.
+pub(crate) type SealPass = (Option<(SealVerdict, seal::UnprotectedScan)>, [u8; 32]);
+
+/// The seal pass over `reader` — the one definition the read-back, the in-memory path and
+/// the live analysis all use, so their verdicts cannot drift apart.
+pub(crate) fn seal_pass<R: Read>(keys: &[seal::SealKey], reader: R) -> std::io::Result<SealPass> {
+    if keys.is_empty() {
+        Ok((None, seal::payload_digest(reader)?))
+    } else {
+        let (verdict, scan, digest) = seal::verify_scan_digest(keys, reader, CHARSET_EXAMPLES)?;
+        Ok((Some((verdict, scan)), digest))
+    }
+}
+
+/// Read a spooled file back for recognition and the seal pass. Large files: the two reads
+/// run side by side, one core each, so the receipt waits for the slower of the two rather
+/// than their sum.
 pub(crate) fn read_passes(path: &Path, keys: &[seal::SealKey]) -> std::io::Result<Passes> {
-    type SealPass = (Option<(SealVerdict, seal::UnprotectedScan)>, [u8; 32]);
-    let seal_pass = || -> std::io::Result<SealPass> {
-        if keys.is_empty() {
-            Ok((None, seal::payload_digest(File::open(path)?)?))
-        } else {
-            let (verdict, scan, digest) =
-                seal::verify_scan_digest(keys, File::open(path)?, CHARSET_EXAMPLES)?;
-            Ok((Some((verdict, scan)), digest))
-        }
-    };
+    let sealing = || seal_pass(keys, File::open(path)?);
     let recognition = || formats::recognise(BufReader::new(File::open(path)?));
     let small = std::fs::metadata(path)?.len() <= PARALLEL_READ_FROM;
-    let (rec, seal_pass) = if small {
-        (recognition(), seal_pass())
+    let (rec, sealed) = if small {
+        (recognition(), sealing())
     } else {
         std::thread::scope(|s| {
             let r = s.spawn(recognition);
-            let sp = seal_pass();
+            let sp = sealing();
             let r = r
                 .join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("recognising the file failed")));
             (r, sp)
         })
     };
-    let (seal, payload) = seal_pass?;
+    let (seal, payload) = sealed?;
     Ok(Passes {
         rec: rec?,
         seal,
@@ -604,12 +610,7 @@ pub(crate) fn read_passes(path: &Path, keys: &[seal::SealKey]) -> std::io::Resul
 /// through its open handle): the same functions on the same bytes, so the same results.
 fn passes_of_bytes(data: &[u8], keys: &[seal::SealKey]) -> std::io::Result<Passes> {
     let rec = formats::recognise(data)?;
-    let (seal, payload) = if keys.is_empty() {
-        (None, seal::payload_digest(data)?)
-    } else {
-        let (verdict, scan, digest) = seal::verify_scan_digest(keys, data, CHARSET_EXAMPLES)?;
-        (Some((verdict, scan)), digest)
-    };
+    let (seal, payload) = seal_pass(keys, data)?;
     Ok(Passes { rec, seal, payload })
 }
 

@@ -19,9 +19,9 @@
 //! It must never decide anything itself: it produces the same [`Passes`] that reading the
 //! file back would, and ingest judges them.
 
-use super::ingest::Passes;
+use super::ingest::{Passes, SealPass, seal_pass};
 use crate::formats;
-use crate::seal::{self, SealKey};
+use crate::seal::SealKey;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -66,11 +66,6 @@ struct Threads {
     seal: JoinHandle<io::Result<SealPass>>,
 }
 
-/// Seal verdict and scan (when the partner has keys) and the payload digest: one pass, as
-/// in the read-back, because they share the line scan (threads beyond the cores the
-/// machine has would only add that scan twice).
-type SealPass = (Option<(seal::SealVerdict, seal::UnprotectedScan)>, [u8; 32]);
-
 /// Chunks handed to every pass at once.
 type Batch = Arc<Vec<Bytes>>;
 
@@ -87,7 +82,6 @@ impl Live {
     /// `None` when [`MAX_LIVE`] analyses are running (the upload is then read back at CLOSE)
     /// or a thread could not be started.
     pub fn start(path: &Path, prefix: u64, keys: &[SealKey]) -> Option<Live> {
-        let charset_examples = super::ingest::CHARSET_EXAMPLES;
         if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_LIVE {
             RUNNING.fetch_sub(1, Ordering::AcqRel);
             return None;
@@ -126,15 +120,9 @@ impl Live {
             let rec = spawn("sluss-live-rec", move || formats::recognise(f))?;
             let f = spawn_feed()?;
             let keys = keys.to_vec();
-            let seal = spawn("sluss-live-seal", move || -> io::Result<SealPass> {
-                if keys.is_empty() {
-                    Ok((None, seal::payload_digest(f)?))
-                } else {
-                    let (verdict, scan, digest) =
-                        seal::verify_scan_digest(&keys, f, charset_examples)?;
-                    Ok((Some((verdict, scan)), digest))
-                }
-            })?;
+            // Seal and payload digest in one thread, as in the read-back: they share the
+            // line scan, and threads beyond the machine's cores would only repeat it.
+            let seal = spawn("sluss-live-seal", move || seal_pass(&keys, f))?;
             Ok(Threads { sha, rec, seal })
         })();
         let mut live = Live {
@@ -328,6 +316,7 @@ fn running() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seal;
     use std::io::Write;
     use std::sync::Mutex;
 

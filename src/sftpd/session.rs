@@ -219,10 +219,7 @@ fn start_writer(
 ) -> (mpsc::Sender<WriterCmd>, tokio::task::JoinHandle<WriterDone>) {
     let (tx, mut rx) = mpsc::channel::<WriterCmd>(WRITE_QUEUE);
     let worker = tokio::task::spawn_blocking(move || {
-        let Sequence {
-            mut sequential,
-            mut in_order,
-        } = seq;
+        let mut seq = seq;
         let mut live: Option<Live> = None;
         let mut error: Option<std::io::Error> = None;
         let mut abandoned = false;
@@ -241,15 +238,12 @@ fn start_writer(
                     }
                     if let Some(l) = live.as_mut() {
                         l.feed(off, &data);
-                    } else if sequential {
-                        if off == in_order {
-                            in_order += data.len() as u64;
-                            if in_order >= live::LIVE_THRESHOLD {
-                                live = Live::start(&upload.path, in_order, &keys);
-                                sequential = live.is_some();
-                            }
-                        } else {
-                            sequential = false;
+                    } else if seq.sequential {
+                        seq.wrote(off, data.len());
+                        if seq.sequential && seq.in_order >= live::LIVE_THRESHOLD {
+                            live = Live::start(&upload.path, seq.in_order, &keys);
+                            // No analysis slot: read back at CLOSE; stop trying per write.
+                            seq.sequential = live.is_some();
                         }
                     }
                 }
