@@ -377,10 +377,9 @@ pub fn write_new_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// Remove a file durably (fsync its directory). A file already gone is not an error.
 pub fn discard(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => fsync_dir(parent_of(path)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SpoolError::new("remove", path, e)),
+    match remove_no_sync(path)? {
+        Some(dir) => fsync_dir(dir),
+        None => Ok(()),
     }
 }
 
