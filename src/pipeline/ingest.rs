@@ -41,7 +41,14 @@ pub enum Body<'a> {
     /// (e.g. an SFTP upload written at client-chosen offsets). The pipeline fsyncs it and,
     /// unless the adapter analysed it while it arrived ([`super::live`]), reads it back.
     Upload(Upload, Option<Box<super::live::Analysed>>),
+    /// A whole file already in memory (an SFTP upload small enough to be buffered, at most
+    /// [`SMALL_MAX`] bytes): analysed from memory, never written to `spool/incoming`.
+    Bytes(Vec<u8>),
 }
+
+/// Files at most this big are received whole in memory and kept in the ledger itself until
+/// delivered (one durable commit covers their bytes and their record).
+pub const SMALL_MAX: u64 = 256 * 1024;
 
 impl<'a> Incoming<'a> {
     /// A file to copy from a reader.
@@ -457,6 +464,21 @@ impl Pipeline {
                 let (w, lock) = spool::write_temp_locked(&incoming, reader, spool::MODE_SECRET)
                     .map_err(to_ingest_error)?;
                 (w, lock, None, None)
+            }
+            Body::Bytes(data) => {
+                // Interim: spooled as a file like a reader's bytes, analysed from memory.
+                let sha = spool::sha256_hex(&data);
+                let passes = passes_of_bytes(&data, &partner.seal.keys).map_err(|e| {
+                    IngestError::Analyse {
+                        name: name.clone(),
+                        source: e,
+                    }
+                })?;
+                let (w, lock) =
+                    spool::write_temp_locked(&incoming, data.as_slice(), spool::MODE_SECRET)
+                        .map_err(to_ingest_error)?;
+                debug_assert_eq!(w.sha256, sha);
+                (w, lock, Some(passes), None)
             }
             Body::Upload(up, analysed) => {
                 let Upload { path, file, lock } = up;

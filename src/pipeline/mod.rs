@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use ingest::{Body, Incoming, IngestError, Outcome, Upload};
+pub use ingest::{Body, Incoming, IngestError, Outcome, SMALL_MAX, Upload};
 
 /// Where the pipeline keeps things under the data directory.
 #[derive(Debug, Clone)]
