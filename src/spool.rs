@@ -45,6 +45,16 @@ pub struct SpoolError {
 }
 
 impl SpoolError {
+    /// The same error again, for each of several files one failed operation concerns (an
+    /// `io::Error` cannot be cloned).
+    pub fn duplicate(&self) -> SpoolError {
+        SpoolError {
+            op: self.op,
+            path: self.path.clone(),
+            source: io::Error::new(self.source.kind(), self.source.to_string()),
+        }
+    }
+
     fn new(op: &'static str, path: &Path, source: io::Error) -> SpoolError {
         SpoolError {
             op,
@@ -443,7 +453,7 @@ fn parent_of(p: &Path) -> &Path {
     }
 }
 
-pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+pub fn hex_lower(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -475,12 +475,13 @@ fn restart_recovery_resolves_interrupted_deliveries() {
         ids.push(id_of(&out));
     }
     let db = rusqlite::Connection::open(g.path().join("var/ledger.sqlite")).unwrap();
-    let names: Vec<(i64, String, String, String)> = ids
+    let names: Vec<(i64, String, String, Vec<u8>)> = ids
         .iter()
         .map(|id| {
             db.query_row(
-                "SELECT d.id, d.final_name, d.temp_name, f.spool_path FROM deliveries d \
-                 JOIN files f ON f.id = d.file_id WHERE d.file_id = ?1",
+                // Small files: their bytes are kept in the ledger until delivered.
+                "SELECT d.id, d.final_name, d.temp_name, b.bytes FROM deliveries d \
+                 JOIN bodies b ON b.file_id = d.file_id WHERE d.file_id = ?1",
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
@@ -491,9 +492,9 @@ fn restart_recovery_resolves_interrupted_deliveries() {
     let outbox = g.outbox();
     fs::create_dir_all(&outbox).unwrap();
     // 0: temp file present (promote never happened) → redone.
-    fs::copy(&names[0].3, outbox.join(&names[0].2)).unwrap();
+    fs::write(outbox.join(&names[0].2), &names[0].3).unwrap();
     // 1: final present, right bytes (crash before "delivered" was recorded) → delivered.
-    fs::copy(&names[1].3, outbox.join(&names[1].1)).unwrap();
+    fs::write(outbox.join(&names[1].1), &names[1].3).unwrap();
     // 2: nothing there (the bank took it) → held for an operator.
     // Mark all three "delivering" the way the ledger's API would (through the binary we
     // cannot pause mid-delivery, so the rows are set with SQL; recovery reads only state).
@@ -527,6 +528,26 @@ fn restart_recovery_resolves_interrupted_deliveries() {
         .collect();
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(files.iter().all(|f| !f.starts_with('.')), "{files:?}");
+    // The delivered files' copies kept in the ledger are gone; the held one keeps its copy
+    // for the operator, byte-identical.
+    let db = rusqlite::Connection::open(g.path().join("var/ledger.sqlite")).unwrap();
+    let held: Vec<i64> = db
+        .prepare("SELECT file_id FROM bodies ORDER BY file_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(held, vec![ids[2]], "{}", g.diag());
+    let out = g.path().join("held-copy");
+    let o = g
+        .cmd(&["ledger", "export", &ids[2].to_string()])
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read(&out).unwrap(), names[2].3);
 }
 
 /// Files the "bank" took from the outbox: name → bytes. The bank moves each file away as

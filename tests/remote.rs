@@ -966,7 +966,12 @@ fn destination_protocol(
 
     assert_eq!(dest.size_of("a.dat").unwrap(), None);
     assert_eq!(
-        dest.put_temp(".a.dat.sluss-tmp", &f).unwrap(),
+        // A small file's copy kept in the ledger is sent from memory.
+        dest.put_temp(
+            ".a.dat.sluss-tmp",
+            &sluss::pipeline::Contents::Memory(bytes.clone())
+        )
+        .unwrap(),
         bytes.len() as u64
     );
     dest.sync().unwrap();
@@ -983,7 +988,8 @@ fn destination_protocol(
     // A second file promoted to the same final name is refused; the first stays intact.
     let g = src.path().join("y");
     fs::write(&g, b"other bytes\n").unwrap();
-    dest.put_temp(".b.sluss-tmp", &g).unwrap();
+    dest.put_temp(".b.sluss-tmp", &sluss::pipeline::Contents::File(g.clone()))
+        .unwrap();
     let e = dest
         .promote(".b.sluss-tmp", "a.dat")
         .unwrap_err()
@@ -999,7 +1005,11 @@ fn destination_protocol(
     getrandom::fill(&mut big).unwrap();
     let bf = src.path().join("big");
     fs::write(&bf, &big).unwrap();
-    dest.put_temp(".big.sluss-tmp", &bf).unwrap();
+    dest.put_temp(
+        ".big.sluss-tmp",
+        &sluss::pipeline::Contents::File(bf.clone()),
+    )
+    .unwrap();
     dest.promote(".big.sluss-tmp", "big.dat").unwrap();
     assert_eq!(dest.size_of("big.dat").unwrap(), Some(big.len() as u64));
     assert_eq!(
@@ -1073,7 +1083,8 @@ fn ftps_destination_protocol_direct_upload() {
         let src = tempfile::NamedTempFile::new().unwrap();
         fs::write(src.path(), b"x\r\n").unwrap();
         for i in 0..25 {
-            dest.put_temp(&format!(".m{i}.tmp"), src.path()).unwrap();
+            let c = sluss::pipeline::Contents::File(src.path().to_path_buf());
+            dest.put_temp(&format!(".m{i}.tmp"), &c).unwrap();
             dest.promote(&format!(".m{i}.tmp"), &format!("m{i}"))
                 .unwrap();
         }
@@ -1135,12 +1146,13 @@ fn restart_recovery_looks_at_the_remote_folder() {
     let ids: Vec<i64> = (0..4).map(|i| ingest_order(&g, 300 + i).0).collect();
     let ledger = g.path().join("var/ledger.sqlite");
     let db = rusqlite::Connection::open(&ledger).unwrap();
-    let rows: Vec<(i64, String, String, String)> = ids
+    let rows: Vec<(i64, String, String, Vec<u8>)> = ids
         .iter()
         .map(|id| {
             db.query_row(
-                "SELECT d.id, d.final_name, d.temp_name, f.spool_path FROM deliveries d \
-                 JOIN files f ON f.id = d.file_id WHERE d.file_id = ?1",
+                // Small files: their bytes are kept in the ledger until delivered.
+                "SELECT d.id, d.final_name, d.temp_name, b.bytes FROM deliveries d \
+                 JOIN bodies b ON b.file_id = d.file_id WHERE d.file_id = ?1",
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
@@ -1149,12 +1161,12 @@ fn restart_recovery_looks_at_the_remote_folder() {
         .collect();
     let inbox = folder.inbox();
     // 0: only the temporary file (the rename never happened) → delivered again.
-    fs::copy(&rows[0].3, inbox.join(&rows[0].2)).unwrap();
+    fs::write(inbox.join(&rows[0].2), &rows[0].3).unwrap();
     // 1: the final name with the right bytes (crash before "delivered") → delivered.
-    fs::copy(&rows[1].3, inbox.join(&rows[1].1)).unwrap();
+    fs::write(inbox.join(&rows[1].1), &rows[1].3).unwrap();
     // 2: nothing (the bank may have fetched it) → held, never re-sent.
     // 3: the final name, right size, other bytes → held (the remote SHA-256 differs).
-    let mut other = fs::read(&rows[3].3).unwrap();
+    let mut other = rows[3].3.clone();
     other[0] ^= 1;
     fs::write(inbox.join(&rows[3].1), &other).unwrap();
     chown(&folder.path);

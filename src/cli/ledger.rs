@@ -60,6 +60,17 @@ pub enum LedgerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write out the copy sluss holds of a file (quarantined, held, or not yet delivered):
+    /// from spool/files, or from the ledger for small files. Byte-identical to what was
+    /// received. After delivery the copy is gone (see `sluss archive decrypt`).
+    Export {
+        #[command(flatten)]
+        dir: ConfigDir,
+        id: i64,
+        /// Write here (created, never overwritten) instead of standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Release a quarantined file toward its destination (needs two different operators).
     Release(Decision),
     /// Deliver a held, failed or in-doubt file again (after checking the recipient lacks it).
@@ -193,7 +204,19 @@ pub fn run(a: LedgerArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()
             );
             println!("  routing   {}", f.routing);
-            println!("  spooled   {}", f.spool_path);
+            if f.in_ledger() {
+                let held = if l.body(f.id)?.is_some() {
+                    format!(
+                        "in the ledger (small file; `sluss ledger export {}` writes it out)",
+                        f.id
+                    )
+                } else {
+                    "no longer (delivered and archived)".to_string()
+                };
+                println!("  held      {held}");
+            } else {
+                println!("  spooled   {}", f.spool_path);
+            }
             println!("  received  {}", f.received_at);
             for d in &deliveries {
                 println!(
@@ -226,6 +249,62 @@ pub fn run(a: LedgerArgs) -> anyhow::Result<ExitCode> {
                     h.reason
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        LedgerCmd::Export { dir, id, output } => {
+            let p = open(&dir)?;
+            let rec = p
+                .ledger()
+                .get(id)?
+                .with_context(|| format!("no file with id {id} in the ledger"))?;
+            let contents = p.contents_of(&rec).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; if it was archived encrypted, use `sluss archive decrypt {id} --identity FILE`"
+                )
+            })?;
+            let mut src = contents
+                .open()
+                .with_context(|| format!("reading {}", contents.describe()))?;
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                        .with_context(|| {
+                            format!("creating {} (it must not exist yet)", path.display())
+                        })?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            // Hash what is written: a damaged held copy must not pass for the received file.
+            let mut hasher = sha2::Sha256::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0u64;
+            loop {
+                let k = src.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                sha2::Digest::update(&mut hasher, &buf[..k]);
+                out.write_all(&buf[..k])?;
+                n += k as u64;
+            }
+            out.flush()?;
+            drop(out);
+            if let Some(path) = &output {
+                std::fs::File::open(path)?.sync_all()?;
+            }
+            let sha = sluss::spool::hex_lower(&sha2::Digest::finalize(hasher));
+            if n != rec.size || sha != rec.sha256 {
+                anyhow::bail!(
+                    "file {id}: the held copy has {n} bytes, sha256 {sha}, but the ledger \
+                     records {} bytes, sha256 {}: it is damaged; do not use it",
+                    rec.size,
+                    rec.sha256
+                );
+            }
+            eprintln!("exported file {id} ({n} bytes, sha256 {})", rec.sha256);
             Ok(ExitCode::SUCCESS)
         }
         LedgerCmd::Release(d) => decide(d, "release"),

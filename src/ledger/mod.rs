@@ -256,9 +256,17 @@ pub struct NewFile<'a> {
     /// `valid`, `not-sealed`, `wrong-key`, ... (seal::SealFinding::code()).
     pub seal_verdict: &'a str,
     pub seal_kvv: Option<&'a str>,
-    /// Where the bytes are in the spool; unique per record.
+    /// Where the bytes are in the spool; unique per record. For a file kept in the ledger,
+    /// [`IN_LEDGER`] followed by a unique token.
     pub spool_path: &'a str,
+    /// The file's bytes, for a small file kept in the ledger until delivered (stored in the
+    /// same transaction as the record); `None` when they are in the spool at `spool_path`.
+    pub body: Option<&'a [u8]>,
 }
+
+/// How `spool_path` begins for a file whose bytes are kept in the ledger (table `bodies`)
+/// rather than in a spool file.
+pub const IN_LEDGER: &str = "ledger:";
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FileRecord {
@@ -282,6 +290,14 @@ pub struct FileRecord {
     pub accepted_at: Option<String>,
     pub received_at: String,
     pub updated_at: String,
+}
+
+impl FileRecord {
+    /// Whether the file's bytes are kept in the ledger (until delivered) rather than in a
+    /// spool file.
+    pub fn in_ledger(&self) -> bool {
+        self.spool_path.starts_with(IN_LEDGER)
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -620,6 +636,34 @@ impl Ledger {
 
     pub fn find_by_spool_path(&self, spool_path: &str) -> Result<Option<FileRecord>, LedgerError> {
         self.read(|c| find_by_spool_path(c, spool_path))
+    }
+
+    /// The bytes of a file kept in the ledger; `None` once archived (or never kept here).
+    pub fn body(&self, id: FileId) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.read(|c| {
+            Ok(query_one(
+                c,
+                "SELECT bytes FROM bodies WHERE file_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    /// Delivered files whose bytes are still kept in the ledger: a crash came between the
+    /// delivery and the archiving (see `Pipeline::recover`).
+    pub fn delivered_with_bodies(&self) -> Result<Vec<FileId>, LedgerError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT b.file_id FROM bodies b JOIN files f ON f.id = b.file_id \
+                 WHERE f.state = 'delivered' ORDER BY b.file_id",
+            )?;
+            let ids = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<FileId>, _>>()?;
+            Ok(ids)
+        })
     }
 
     /// The partner whose accepted file carried ISO 20022 message id `message_id` (the sender
@@ -985,6 +1029,24 @@ impl Tx<'_> {
             ],
         )?;
         let id = self.tx.last_insert_rowid();
+        if let Some(body) = f.body {
+            if !f.spool_path.starts_with(IN_LEDGER) || body.len() as u64 != f.size {
+                return Err(LedgerError::InvalidInput {
+                    field: "body",
+                    detail: format!(
+                        "a body kept in the ledger needs a spool_path starting {IN_LEDGER:?} and \
+                         exactly `size` bytes ({} given for {})",
+                        body.len(),
+                        f.size
+                    ),
+                });
+            }
+            exec(
+                self.tx,
+                "INSERT INTO bodies (file_id, bytes) VALUES (?1, ?2)",
+                params![id, body],
+            )?;
+        }
         let reason = format!("{} via {} ({} bytes)", f.original_name, f.source, f.size);
         self.append(
             id,
@@ -1017,6 +1079,16 @@ impl Tx<'_> {
             self.head = Some(audit::read_head(self.tx)?);
         }
         Ok(self.head.clone().unwrap_or_else(AuditHead::genesis))
+    }
+
+    /// Forget the bytes of a file kept in the ledger (it was delivered and archived).
+    /// Returns whether there were any.
+    pub fn drop_body(&mut self, id: FileId) -> Result<bool, LedgerError> {
+        Ok(exec(
+            self.tx,
+            "DELETE FROM bodies WHERE file_id = ?1",
+            params![id],
+        )? > 0)
     }
 
     /// The spool moved the file's bytes (e.g. incoming → archive).

@@ -140,6 +140,15 @@ CREATE TABLE remote_files (
 CREATE UNIQUE INDEX remote_files_identity ON remote_files (job, path, size, IFNULL(mtime, -1));
 CREATE INDEX remote_files_file ON remote_files (file_id);
 "#,
+    // 3: small files' bytes, kept in the ledger from their receipt until delivered (see
+    //    `pipeline::ingest::SMALL_MAX`): one commit makes a small file's bytes and its record
+    //    durable together. The row goes when the file is archived after delivery.
+    r#"
+CREATE TABLE bodies (
+    file_id     INTEGER PRIMARY KEY REFERENCES files (id),
+    bytes       BLOB NOT NULL
+);
+"#,
 ];
 
 /// Opens the connection, checks the file is an intact SQLite database, sets the pragmas and

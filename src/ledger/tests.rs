@@ -50,6 +50,7 @@ fn record(tx: &mut Tx<'_>, s: &Spec) -> Result<FileId, LedgerError> {
         seal_verdict: s.seal,
         seal_kvv: Some("A1B2C3"),
         spool_path: &s.spool,
+        body: None,
     })
 }
 

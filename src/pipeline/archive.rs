@@ -1,11 +1,12 @@
-//! Archive: what becomes of the spooled copy once a file is delivered, and retention.
+//! Archive: what becomes of a file's held copy (spooled, or kept in the ledger for small
+//! files) once it is delivered, and retention.
 //!
-//! Per sending partner: `delete` removes the spooled copy after delivery; `age` keeps it
+//! Per sending partner: `delete` removes the held copy after delivery; `age` keeps it
 //! encrypted to the partner's X25519 recipients (the server holds only public keys, so a
 //! stolen server does not leak archived payments) for `retention_days`, then deletes it.
 //! Quarantined and held files are never archived or deleted here: they wait for an operator.
 
-use super::Pipeline;
+use super::{Contents, Pipeline};
 use crate::config::Archive;
 use crate::ledger::{FileId, FileRecord};
 use crate::spool;
@@ -27,6 +28,8 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    #[error("the ledger: {0}")]
+    Ledger(String),
     #[error("no archived copy of file {0} at {1}")]
     Missing(FileId, PathBuf),
     #[error("cannot read identity file {0}: {1}")]
@@ -51,53 +54,59 @@ pub fn archive_delivered(p: &Pipeline, rec: &FileRecord) -> Result<(), ArchiveEr
 }
 
 /// [`archive_delivered`] for several delivered files: each copy is archived (if the policy
-/// says so) and unlinked, then ONE fsync per spool folder makes all the removals durable,
-/// instead of one per file. Returns the files that failed, with why; their spooled copies
-/// are kept (or their removal may not be durable: then the copy can reappear after a crash,
-/// and the restart recovery archives it again, which is harmless — see
-/// `Pipeline::recover`).
+/// says so) and removed — spooled copies unlinked with ONE fsync of their folder, copies kept
+/// in the ledger dropped in ONE transaction — instead of one flush per file. Returns the files
+/// that failed, with why; their copies are kept (or their removal may not be durable: then the
+/// copy can reappear after a crash, and the restart recovery archives it again, which is
+/// harmless — see `Pipeline::recover`).
 pub fn archive_delivered_batch(p: &Pipeline, recs: &[FileRecord]) -> Vec<(FileId, ArchiveError)> {
     let mut failed = Vec::new();
-    // (record, folder whose fsync makes its removal durable)
-    let mut removed: Vec<(&FileRecord, PathBuf)> = Vec::with_capacity(recs.len());
+    let mut unlinked: Vec<&FileRecord> = Vec::with_capacity(recs.len());
+    let mut in_ledger: Vec<&FileRecord> = Vec::new();
     for rec in recs {
-        match archive_and_unlink(p, rec) {
-            Ok(Some(dir)) => removed.push((rec, dir)),
-            Ok(None) => {}
+        match archive_copy(p, rec) {
+            Ok(Removal::Unlinked) => unlinked.push(rec),
+            Ok(Removal::DropBody) => in_ledger.push(rec),
+            Ok(Removal::AlreadyGone) => {}
             Err(e) => failed.push((rec.id, e)),
         }
     }
-    // One fsync per folder (all spooled copies live in spool/files today); its failure is
-    // every removal's failure there.
-    let mut synced: Vec<(PathBuf, Option<(io::ErrorKind, String)>)> = Vec::new();
-    for (rec, dir) in removed {
-        let outcome = match synced.iter().find(|(d, _)| *d == dir) {
-            Some((_, outcome)) => outcome.clone(),
-            None => {
-                let outcome = spool::fsync_dir(&dir)
-                    .err()
-                    .map(|e| (e.source.kind(), e.source.to_string()));
-                synced.push((dir.clone(), outcome.clone()));
-                outcome
+    let mut done: Vec<&FileRecord> = Vec::with_capacity(recs.len());
+    // Every spooled copy lives in spool/files: one fsync makes all the unlinks durable, and
+    // its failure is every one of theirs.
+    if !unlinked.is_empty() {
+        match spool::fsync_dir(&p.layout.files()) {
+            Ok(()) => done.extend(unlinked),
+            Err(e) => {
+                for rec in unlinked {
+                    failed.push((rec.id, ArchiveError::Spool(e.duplicate())));
+                }
             }
-        };
-        if let Some((kind, why)) = outcome {
-            failed.push((
-                rec.id,
-                ArchiveError::Spool(spool::SpoolError {
-                    op: "fsync directory",
-                    path: dir,
-                    source: io::Error::new(kind, why),
-                }),
-            ));
-            continue;
         }
+    }
+    if !in_ledger.is_empty() {
+        let dropped = p.ledger().with_tx(|tx| {
+            for rec in &in_ledger {
+                tx.drop_body(rec.id)?;
+            }
+            Ok(())
+        });
+        match dropped {
+            Ok(()) => done.extend(in_ledger),
+            Err(e) => {
+                for rec in in_ledger {
+                    failed.push((rec.id, ArchiveError::Ledger(e.to_string())));
+                }
+            }
+        }
+    }
+    for rec in done {
         let archive = policy(p, rec);
         tracing::info!(
             event = "file.archived",
             file_id = rec.id,
             partner = %rec.partner,
-            "spooled copy of file {} {}",
+            "held copy of file {} {}",
             rec.id,
             if matches!(archive, Archive::Delete) { "deleted after delivery" } else { "archived encrypted" }
         );
@@ -112,14 +121,32 @@ fn policy(p: &Pipeline, rec: &FileRecord) -> Archive {
         .unwrap_or(Archive::Delete)
 }
 
-/// Archives one spooled copy (durably, for `age`) and unlinks it WITHOUT making the removal
-/// durable. Returns the folder the caller must fsync, or `None` when the copy was already
-/// gone (e.g. archived before a crash).
-fn archive_and_unlink(p: &Pipeline, rec: &FileRecord) -> Result<Option<PathBuf>, ArchiveError> {
-    let spooled = Path::new(&rec.spool_path);
-    if spool::size_of(spooled)?.is_none() {
-        return Ok(None); // already archived (e.g. recovery after a crash here)
-    }
+/// What is left to do after [`archive_copy`] to remove a delivered file's held copy.
+enum Removal {
+    /// The spooled copy was unlinked; the removal is durable once spool/files is fsynced.
+    Unlinked,
+    /// The copy kept in the ledger is to be dropped (in the batch's transaction).
+    DropBody,
+    /// Nothing held any more (e.g. archived before a crash).
+    AlreadyGone,
+}
+
+/// Archives one held copy (durably, for `age`) and, for a spooled copy, unlinks it WITHOUT
+/// making the removal durable; the caller finishes the removal (see [`Removal`]).
+fn archive_copy(p: &Pipeline, rec: &FileRecord) -> Result<Removal, ArchiveError> {
+    let contents = if rec.in_ledger() {
+        match p.ledger().body(rec.id) {
+            Ok(Some(b)) => Contents::Memory(b),
+            Ok(None) => return Ok(Removal::AlreadyGone),
+            Err(e) => return Err(ArchiveError::Ledger(e.to_string())),
+        }
+    } else {
+        let spooled = PathBuf::from(&rec.spool_path);
+        if spool::size_of(&spooled)?.is_none() {
+            return Ok(Removal::AlreadyGone); // already archived (e.g. recovery after a crash)
+        }
+        Contents::File(spooled)
+    };
     match &policy(p, rec) {
         Archive::Delete => {}
         Archive::Age { recipients, .. } => {
@@ -131,8 +158,8 @@ fn archive_and_unlink(p: &Pipeline, rec: &FileRecord) -> Result<Option<PathBuf>,
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let dir = p.layout.archive(&rec.partner);
-            let src = std::fs::File::open(spooled).map_err(|e| ArchiveError::Encrypt {
-                path: spooled.to_path_buf(),
+            let src = contents.open().map_err(|e| ArchiveError::Encrypt {
+                path: PathBuf::from(contents.describe()),
                 source: e,
             })?;
             let temp = spool::write_temp_with(&dir, spool::MODE_SECRET, |out| {
@@ -157,7 +184,13 @@ fn archive_and_unlink(p: &Pipeline, rec: &FileRecord) -> Result<Option<PathBuf>,
             }
         }
     }
-    Ok(spool::remove_no_sync(spooled)?.map(Path::to_path_buf))
+    match contents {
+        Contents::Memory(_) => Ok(Removal::DropBody),
+        Contents::File(spooled) => Ok(match spool::remove_no_sync(&spooled)? {
+            Some(_) => Removal::Unlinked,
+            None => Removal::AlreadyGone,
+        }),
+    }
 }
 
 /// Delete archived copies older than each partner's retention. Returns how many went.

@@ -21,11 +21,11 @@
 //! Afterwards the batch's spooled copies are archived and removed with one spool-folder
 //! fsync; a copy that a crash brings back is archived at the next start, never sent again.
 
-use super::Pipeline;
+use super::{Contents, Pipeline};
 use crate::config::{Endpoint, Partner};
 use crate::ledger::{DeliveryRecord, FileId, LedgerError, State};
 use crate::spool;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ pub trait Destination: Send + Sync {
     /// For logs and the ledger: `local:/srv/bank/outbox`, `sftp://host/dir`, …
     fn describe(&self) -> String;
     /// Write `src` under `temp_name`, replacing a stale temporary file of that name.
-    fn put_temp(&self, temp_name: &str, src: &Path) -> Result<u64, DeliverError>;
+    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError>;
     /// Make names written or moved so far durable (local: fsync the folder).
     fn sync(&self) -> Result<(), DeliverError>;
     /// Rename `temp_name` to `final_name`, refusing to replace an existing file.
@@ -79,11 +79,11 @@ impl Destination for LocalDir {
     fn describe(&self) -> String {
         format!("local:{}", self.dir.display())
     }
-    fn put_temp(&self, temp_name: &str, src: &Path) -> Result<u64, DeliverError> {
+    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError> {
         spool::discard(&self.dir.join(temp_name))?;
-        let f = std::fs::File::open(src).map_err(|e| {
-            DeliverError::Other(format!("cannot open spooled copy {}: {e}", src.display()))
-        })?;
+        let f = src
+            .open()
+            .map_err(|e| DeliverError::Other(format!("cannot open {}: {e}", src.describe())))?;
         Ok(spool::write_named(&self.dir, temp_name, f, spool::MODE_DELIVERED)?.size)
     }
     fn sync(&self) -> Result<(), DeliverError> {
@@ -178,8 +178,10 @@ impl Pipeline {
                 })?;
                 continue;
             };
-            let rec = std::fs::File::open(&f.spool_path)
-                .and_then(|fh| crate::formats::recognise(std::io::BufReader::new(fh)));
+            let rec = self
+                .contents_of(&f)
+                .map_err(std::io::Error::other)
+                .and_then(|c| crate::formats::recognise(std::io::BufReader::new(c.open()?)));
             let route = match rec {
                 Ok(rec) => {
                     let original = rec
@@ -191,7 +193,7 @@ impl Pipeline {
                 }
                 Err(e) => super::route::Route::Refuse {
                     code: "spool-unreadable",
-                    reason: format!("cannot read the spooled copy {}: {e}", f.spool_path),
+                    reason: format!("cannot read the held copy of file {}: {e}", f.id),
                 },
             };
             let now = jiff::Zoned::now();
@@ -472,7 +474,14 @@ impl Pipeline {
             let Some(file) = self.ledger().get(d.file_id)? else {
                 continue;
             };
-            match dest.put_temp(&d.temp_name, Path::new(&file.spool_path)) {
+            let contents = match self.contents_of(&file) {
+                Ok(c) => c,
+                Err(e) => {
+                    failed.push((d, e.to_string()));
+                    continue;
+                }
+            };
+            match dest.put_temp(&d.temp_name, &contents) {
                 Ok(sz) if sz == file.size => written.push((d, file.size, file.sha256)),
                 Ok(sz) => failed.push((d, format!("wrote {sz} bytes, expected {}", file.size))),
                 Err(e) => failed.push((d, e.to_string())),
@@ -634,9 +643,9 @@ impl Pipeline {
         }
     }
 
-    /// After a crash: spooled copies of files that are already delivered. The crash came
-    /// after the `delivered` commit but before the copy's removal was durable, so the copy is
-    /// back (or was never removed). Nothing delivers it again — the ledger says delivered —
+    /// After a crash: held copies (spooled, or kept in the ledger) of files that are already
+    /// delivered. The crash came after the `delivered` commit but before the copy's removal
+    /// was durable, so the copy is back (or was never removed). Nothing delivers it again — the ledger says delivered —
     /// but it must not linger against the sender's archive policy: archive it now. Returns
     /// how many copies were found.
     fn archive_leftovers(&self) -> usize {
@@ -656,10 +665,17 @@ impl Pipeline {
                 ids.push(r.id);
             }
         }
+        // Small files' copies kept in the ledger: the same, found by a query.
+        match self.ledger().delivered_with_bodies() {
+            Ok(more) => ids.extend(more),
+            Err(e) => {
+                tracing::warn!("could not look for delivered files still held in the ledger: {e}")
+            }
+        }
         if !ids.is_empty() {
             tracing::info!(
                 event = "archive.leftovers",
-                "{} spooled copies of already delivered files found after restart; archiving them",
+                "{} held copies of already delivered files found after restart; archiving them",
                 ids.len()
             );
             self.after_delivered(&ids);
@@ -790,6 +806,7 @@ mod tests {
                     seal_verdict: "valid",
                     seal_kvv: None,
                     spool_path: &spool_path,
+                    body: None,
                 })?;
                 tx.transition(id, State::Queued, "file.queued", "checks passed", None)?;
                 let name = format!("out{n}.dat");

@@ -14,9 +14,9 @@ use super::route::{Route, route};
 use super::{Pipeline, PipelineError};
 use crate::config::{Partner, Role};
 use crate::formats::{self, Kind, Recognition};
-use crate::ledger::{DuplicateKind, FileId, NewFile, State};
+use crate::ledger::{DuplicateKind, FileId, IN_LEDGER, NewFile, State};
 use crate::seal::{self, CharsetPolicy, SealVerdict};
-use crate::spool::{self, Written};
+use crate::spool;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -106,6 +106,12 @@ pub enum IngestError {
         #[source]
         source: spool::SpoolError,
     },
+    #[error("could not read {name:?} from its sender: {source}; it was not accepted")]
+    Read {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not read {name:?} back from the spool: {source}")]
     Analyse {
         name: String,
@@ -124,16 +130,44 @@ struct Analysis {
     refusal: Option<(String, String)>,
 }
 
-/// A spooled, analysed file waiting for the commit.
+/// An analysed file waiting for the commit.
 struct Pending {
     name: String,
-    written: Written,
-    /// An upload's file, written but not yet fsynced: made durable with the batch.
-    unsynced: Option<File>,
-    /// Held until the ledger commit: start-up sweeps leave a locked file alone.
-    _lock: File,
+    size: u64,
+    sha256: String,
+    held: Held,
     analysis: Analysis,
     destinations: Vec<String>,
+}
+
+/// Where a pending file's bytes wait for the commit.
+enum Held {
+    /// In `spool/files`, durable with the batch's fsyncs (see [`spool::sync_batch`]).
+    Spooled {
+        path: PathBuf,
+        /// An upload's file, written but not yet fsynced: made durable with the batch.
+        unsynced: Option<File>,
+        /// Held until the ledger commit: start-up sweeps leave a locked file alone.
+        _lock: File,
+    },
+    /// A small file: its bytes go into the ledger with its record, in the same commit.
+    InLedger { spool_path: String, bytes: Vec<u8> },
+}
+
+impl Pending {
+    fn spool_path(&self) -> String {
+        match &self.held {
+            Held::Spooled { path, .. } => path.to_string_lossy().into_owned(),
+            Held::InLedger { spool_path, .. } => spool_path.clone(),
+        }
+    }
+
+    /// Not recorded after all: remove the spooled copy (a copy in memory just goes).
+    fn discard(&self) {
+        if let Held::Spooled { path, .. } = &self.held {
+            let _ = spool::discard(path);
+        }
+    }
 }
 
 impl Pipeline {
@@ -162,16 +196,29 @@ impl Pipeline {
         // old name back there, it is an unlocked temporary file the next start's sweep removes
         // (the file itself lives on under its durable name in spool/files). Each of those
         // fsyncs in a row cost ~0.4 ms per receipt.
-        if slots.iter().any(|s| s.is_ok()) {
+        if slots.iter().any(|s| {
+            matches!(
+                s,
+                Ok(Pending {
+                    held: Held::Spooled { .. },
+                    ..
+                })
+            )
+        }) {
             let to_sync: Vec<(usize, &Path, &File)> = slots
                 .iter()
                 .enumerate()
                 .filter_map(|(i, s)| match s {
-                    Ok(p) => p
-                        .unsynced
-                        .as_ref()
-                        .map(|f| (i, p.written.path.as_path(), f)),
-                    Err(_) => None,
+                    Ok(Pending {
+                        held:
+                            Held::Spooled {
+                                path,
+                                unsynced: Some(f),
+                                ..
+                            },
+                        ..
+                    }) => Some((i, path.as_path(), f)),
+                    _ => None,
                 })
                 .collect();
             let pairs: Vec<(&Path, &File)> = to_sync.iter().map(|(_, p, f)| (*p, *f)).collect();
@@ -183,13 +230,13 @@ impl Pipeline {
                 .collect();
             if let Err(e) = dir {
                 for p in slots.iter().flatten() {
-                    let _ = spool::discard(&p.written.path);
+                    p.discard();
                 }
                 return Err(e.into());
             }
             for (i, e) in failed {
                 if let Ok(p) = &slots[i] {
-                    let _ = spool::discard(&p.written.path);
+                    p.discard();
                     let name = p.name.clone();
                     slots[i] = Err(if e.is_disk_full() {
                         IngestError::DiskFull {
@@ -222,22 +269,26 @@ impl Pipeline {
                     partner: &partner.id,
                     source,
                     original_name: &p.name,
-                    size: p.written.size,
-                    sha256: &p.written.sha256,
+                    size: p.size,
+                    sha256: &p.sha256,
                     payload_sha256: &a.payload_sha256,
                     kind: a.rec.kind.as_str(),
                     routing_json: &routing_json,
                     message_id: a.rec.routing.message_id.as_deref(),
                     seal_verdict: &a.seal_verdict,
                     seal_kvv: a.seal_kvv.as_deref(),
-                    spool_path: &p.written.path.to_string_lossy(),
+                    spool_path: &p.spool_path(),
+                    body: match &p.held {
+                        Held::InLedger { bytes, .. } => Some(bytes),
+                        Held::Spooled { .. } => None,
+                    },
                 })?;
                 let mut refusal = a.refusal.clone();
                 if refusal.is_none()
                     && a.rec.kind != Kind::Unknown
                     && let Some((orig, how)) = tx.find_duplicate(
                         &partner.id,
-                        &p.written.sha256,
+                        &p.sha256,
                         &a.payload_sha256,
                         a.rec.routing.message_id.as_deref(),
                         &since,
@@ -309,7 +360,7 @@ impl Pipeline {
             Err(e) => {
                 // Nothing was acknowledged: remove the spooled copies so no orphan remains.
                 for p in slots.iter().flatten() {
-                    let _ = spool::discard(&p.written.path);
+                    p.discard();
                 }
                 return Err(e.into());
             }
@@ -343,8 +394,8 @@ impl Pipeline {
                                 source,
                                 name = %p.name,
                                 kind = %kind,
-                                size = p.written.size,
-                                sha256 = %p.written.sha256,
+                                size = p.size,
+                                sha256 = %p.sha256,
                                 to = %destinations.join(","),
                                 "accepted {} from {} as {}",
                                 p.name,
@@ -417,8 +468,8 @@ impl Pipeline {
             partner_id = partner.id,
             name = p.name,
             at = crate::ledger::now_rfc3339(),
-            size = p.written.size,
-            sha = p.written.sha256,
+            size = p.size,
+            sha = p.sha256,
         );
         let dir = self.layout.download(&partner.id);
         let r = spool::ensure_dir(&dir).and_then(|()| {
@@ -460,25 +511,28 @@ impl Pipeline {
             }
         };
         let (written, lock, live, unsynced) = match inc.body {
-            Body::Reader(reader) => {
-                let (w, lock) = spool::write_temp_locked(&incoming, reader, spool::MODE_SECRET)
-                    .map_err(to_ingest_error)?;
-                (w, lock, None, None)
+            Body::Bytes(data) if data.len() as u64 <= SMALL_MAX => {
+                return self.analyse_in_memory(partner, name, data);
             }
             Body::Bytes(data) => {
-                // Interim: spooled as a file like a reader's bytes, analysed from memory.
-                let sha = spool::sha256_hex(&data);
-                let passes = passes_of_bytes(&data, &partner.seal.keys).map_err(|e| {
-                    IngestError::Analyse {
-                        name: name.clone(),
-                        source: e,
-                    }
-                })?;
                 let (w, lock) =
                     spool::write_temp_locked(&incoming, data.as_slice(), spool::MODE_SECRET)
                         .map_err(to_ingest_error)?;
-                debug_assert_eq!(w.sha256, sha);
-                (w, lock, Some(passes), None)
+                (w, lock, None, None)
+            }
+            Body::Reader(mut reader) => {
+                // Small enough to keep in the ledger? Read one byte past the limit to know.
+                let mut head = Vec::new();
+                if let Err(e) = (&mut reader).take(SMALL_MAX + 1).read_to_end(&mut head) {
+                    return Err(IngestError::Read { name, source: e });
+                }
+                if head.len() as u64 <= SMALL_MAX {
+                    return self.analyse_in_memory(partner, name, head);
+                }
+                let all = std::io::Cursor::new(head).chain(reader);
+                let (w, lock) = spool::write_temp_locked(&incoming, all, spool::MODE_SECRET)
+                    .map_err(to_ingest_error)?;
+                (w, lock, None, None)
             }
             Body::Upload(up, analysed) => {
                 let Upload { path, file, lock } = up;
@@ -489,9 +543,9 @@ impl Pipeline {
                     }
                     None => (None, None),
                 };
-                // A small upload nobody analysed yet (a typical payment file of a few KiB):
-                // read it once through the handle already open — hash and passes from
-                // memory — instead of opening it three more times.
+                // A small upload nobody analysed yet: read it once through the handle already
+                // open — hash and passes from memory — instead of opening it three more
+                // times.
                 if sha256.is_none() && passes.is_none() {
                     match spool::read_small(&path, &file, PARALLEL_READ_FROM) {
                         Ok(Some(data)) => {
@@ -521,19 +575,82 @@ impl Pipeline {
                 }
             }
         };
+        let contents = super::Contents::File(written.path.clone());
         let passes = match live {
             Some(p) => Ok(p),
             None => read_passes(&written.path, &partner.seal.keys),
         };
-        let analysis = match passes.and_then(|p| judge(p, &written.path, partner)) {
+        let analysis = match passes.and_then(|p| judge(p, &contents, partner)) {
             Ok(a) => a,
             Err(e) => {
                 let _ = spool::discard(&written.path);
                 return Err(IngestError::Analyse { name, source: e });
             }
         };
-        let mut analysis = analysis;
-        let mut destinations = Vec::new();
+        let (analysis, destinations) = self.route_checked(partner, analysis, Vec::new());
+        // Move into the store under a random name; durable with the batch's directory fsync.
+        let stored = self.layout.files().join(spool::random_token());
+        if let Err(e) = spool::rename_no_sync(&written.path, &stored) {
+            let _ = spool::discard(&written.path);
+            return Err(IngestError::Spool { name, source: e });
+        }
+        Ok(Pending {
+            name,
+            size: written.size,
+            sha256: written.sha256,
+            held: Held::Spooled {
+                path: stored,
+                unsynced,
+                _lock: lock,
+            },
+            analysis,
+            destinations,
+        })
+    }
+
+    /// A whole small file in memory: analysed there, and kept in the ledger by the commit
+    /// (no spool file, no folder fsync: see [`SMALL_MAX`]).
+    fn analyse_in_memory(
+        &self,
+        partner: &Partner,
+        name: String,
+        data: Vec<u8>,
+    ) -> Result<Pending, IngestError> {
+        let sha256 = spool::sha256_hex(&data);
+        let contents = super::Contents::Memory(data);
+        let super::Contents::Memory(data) = &contents else {
+            unreachable!("built just above")
+        };
+        let analysis = match passes_of_bytes(data, &partner.seal.keys)
+            .and_then(|p| judge(p, &contents, partner))
+        {
+            Ok(a) => a,
+            Err(e) => return Err(IngestError::Analyse { name, source: e }),
+        };
+        let (analysis, destinations) = self.route_checked(partner, analysis, Vec::new());
+        let super::Contents::Memory(bytes) = contents else {
+            unreachable!("built just above")
+        };
+        Ok(Pending {
+            name,
+            size: bytes.len() as u64,
+            sha256,
+            held: Held::InLedger {
+                spool_path: format!("{IN_LEDGER}{}", spool::random_token()),
+                bytes,
+            },
+            analysis,
+            destinations,
+        })
+    }
+
+    /// Route a file that passed its checks; a file that cannot be routed is refused.
+    fn route_checked(
+        &self,
+        partner: &Partner,
+        mut analysis: Analysis,
+        mut destinations: Vec<String>,
+    ) -> (Analysis, Vec<String>) {
         if analysis.refusal.is_none() {
             let original_sender = analysis
                 .rec
@@ -551,23 +668,7 @@ impl Pipeline {
                 Route::Refuse { code, reason } => analysis.refusal = Some((code.into(), reason)),
             }
         }
-        // Move into the store under a random name; durable with the batch's directory fsync.
-        let stored = self.layout.files().join(spool::random_token());
-        if let Err(e) = spool::rename_no_sync(&written.path, &stored) {
-            let _ = spool::discard(&written.path);
-            return Err(IngestError::Spool { name, source: e });
-        }
-        Ok(Pending {
-            name,
-            unsynced,
-            _lock: lock,
-            written: Written {
-                path: stored,
-                ..written
-            },
-            analysis,
-            destinations,
-        })
+        (analysis, destinations)
     }
 }
 
@@ -637,7 +738,11 @@ fn passes_of_bytes(data: &[u8], keys: &[seal::SealKey]) -> std::io::Result<Passe
 }
 
 /// Judge a file by its passes against the partner's policy: the first failed check decides.
-fn judge(passes: Passes, path: &Path, partner: &Partner) -> std::io::Result<Analysis> {
+fn judge(
+    passes: Passes,
+    contents: &super::Contents,
+    partner: &Partner,
+) -> std::io::Result<Analysis> {
     let Passes {
         rec,
         seal: sealed_result,
@@ -684,7 +789,7 @@ fn judge(passes: Passes, path: &Path, partner: &Partner) -> std::io::Result<Anal
     if refusal.is_none() && rec.sealed && partner.seal.charset != CharsetPolicy::Allow {
         let scan = match scan {
             Some(s) => s,
-            None => seal::unprotected_bytes(File::open(path)?, CHARSET_EXAMPLES)?,
+            None => seal::unprotected_bytes(contents.open()?, CHARSET_EXAMPLES)?,
         };
         if scan.total > 0 {
             let where_ = scan

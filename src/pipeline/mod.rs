@@ -13,6 +13,12 @@
 //!
 //! The pipeline writes files only through [`crate::spool`] and records every transition in
 //! the [`crate::ledger`]. Inbound adapters never touch either directly.
+//!
+//! Where a recorded file's bytes wait until delivered ([`Contents`]): a file of at most
+//! [`SMALL_MAX`] bytes is kept in the ledger itself, stored by the same commit that records
+//! it — its receipt then waits for one disk flush, not three (file, spool folder, ledger).
+//! Larger files are spooled in `spool/files`. Either way, the copy goes once the file is
+//! delivered and archived.
 
 pub mod archive;
 pub mod deliver;
@@ -29,6 +35,38 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use ingest::{Body, Incoming, IngestError, Outcome, SMALL_MAX, Upload};
+
+/// A file's bytes as the pipeline holds them: a spool file, or a small file's bytes in memory
+/// (kept in the ledger until delivered).
+pub enum Contents {
+    File(PathBuf),
+    Memory(Vec<u8>),
+}
+
+impl Contents {
+    /// Read the bytes from the start.
+    pub fn open(&self) -> std::io::Result<Box<dyn std::io::Read + Send + '_>> {
+        Ok(match self {
+            Contents::File(p) => Box::new(std::fs::File::open(p)?),
+            Contents::Memory(b) => Box::new(b.as_slice()),
+        })
+    }
+
+    pub fn size(&self) -> std::io::Result<u64> {
+        Ok(match self {
+            Contents::File(p) => std::fs::metadata(p)?.len(),
+            Contents::Memory(b) => b.len() as u64,
+        })
+    }
+
+    /// For messages: the spool path, or where the ledger keeps it.
+    pub fn describe(&self) -> String {
+        match self {
+            Contents::File(p) => p.display().to_string(),
+            Contents::Memory(_) => "the copy kept in the ledger".into(),
+        }
+    }
+}
 
 /// Where the pipeline keeps things under the data directory.
 #[derive(Debug, Clone)]
@@ -154,6 +192,21 @@ pub fn os_user() -> String {
 }
 
 impl Pipeline {
+    /// The held copy of a recorded file (spool file or ledger copy), until it is archived.
+    pub fn contents_of(&self, rec: &crate::ledger::FileRecord) -> Result<Contents, PipelineError> {
+        if !rec.in_ledger() {
+            return Ok(Contents::File(PathBuf::from(&rec.spool_path)));
+        }
+        match self.ledger().body(rec.id)? {
+            Some(b) => Ok(Contents::Memory(b)),
+            None => Err(PipelineError::Other(format!(
+                "file {} is no longer held: its copy kept in the ledger was removed when it was \
+                 archived",
+                rec.id
+            ))),
+        }
+    }
+
     /// After a crash: spooled files with no ledger record were never acknowledged (their
     /// senders still hold them), and temporary files are partial. Move the former aside to
     /// `spool/orphans` for inspection and remove the latter. Returns how many were orphans.

@@ -14,12 +14,12 @@
 //! visible while it is being written, and after a crash an absent or short file is held for
 //! an operator, as with every in-doubt delivery.
 
+use super::Contents;
 use super::deliver::{DeliverError, Destination};
 use crate::config::{Endpoint, UploadMode};
 use crate::remote::{self, RemoteEndpoint, RemoteError, RemoteSession};
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ struct State {
     session: Option<Box<dyn RemoteSession>>,
     last_used: Option<Instant>,
     /// Direct uploads: temporary name → spooled file, written at promotion.
-    staged: HashMap<String, PathBuf>,
+    staged: HashMap<String, Contents>,
 }
 
 /// Run `f` to completion on `rt`, also when called from inside another runtime (a thread
@@ -127,12 +127,16 @@ impl RemoteDir {
     }
 
     /// Upload `src` as `path`, which must not exist.
-    fn upload(&self, src: &Path, path: &str) -> Result<u64, DeliverError> {
-        let mut f = std::fs::File::open(src).map_err(|e| {
-            DeliverError::Other(format!("cannot open spooled copy {}: {e}", src.display()))
-        })?;
+    fn upload(&self, src: &Contents, path: &str) -> Result<u64, DeliverError> {
+        // Owned: the remote operation may outlive this borrow of `src`.
+        let mut f: Box<dyn Read + Send> = match src {
+            Contents::File(p) => Box::new(std::fs::File::open(p).map_err(|e| {
+                DeliverError::Other(format!("cannot open spooled copy {}: {e}", p.display()))
+            })?),
+            Contents::Memory(b) => Box::new(std::io::Cursor::new(b.clone())),
+        };
         let p = path.to_string();
-        self.with_session(move |s| Box::pin(async move { s.put(&mut f, &p).await }))
+        self.with_session(move |s| Box::pin(async move { s.put(&mut *f, &p).await }))
             .map_err(other)
     }
 
@@ -152,19 +156,18 @@ impl Destination for RemoteDir {
         self.endpoint.describe()
     }
 
-    fn put_temp(&self, temp_name: &str, src: &Path) -> Result<u64, DeliverError> {
+    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError> {
         match self.upload {
             UploadMode::Direct => {
-                let size = std::fs::metadata(src)
-                    .map_err(|e| {
-                        DeliverError::Other(format!(
-                            "cannot read spooled copy {}: {e}",
-                            src.display()
-                        ))
-                    })?
-                    .len();
+                let size = src.size().map_err(|e| {
+                    DeliverError::Other(format!("cannot read {}: {e}", src.describe()))
+                })?;
+                let staged = match src {
+                    Contents::File(p) => Contents::File(p.clone()),
+                    Contents::Memory(b) => Contents::Memory(b.clone()),
+                };
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                st.staged.insert(temp_name.to_string(), src.to_path_buf());
+                st.staged.insert(temp_name.to_string(), staged);
                 Ok(size)
             }
             UploadMode::Rename => {

@@ -17,7 +17,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::Digest;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
@@ -489,7 +489,11 @@ impl RemoteSession for FtpsConn {
         })
     }
 
-    fn put<'a>(&'a mut self, from: &'a mut std::fs::File, path: &'a str) -> BoxFut<'a, u64> {
+    fn put<'a>(
+        &'a mut self,
+        from: &'a mut (dyn std::io::Read + Send),
+        path: &'a str,
+    ) -> BoxFut<'a, u64> {
         Box::pin(async move {
             let t = self.io_timeout;
             let opened = match tokio::time::timeout(t, self.ftp.put_with_stream(path)).await {

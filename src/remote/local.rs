@@ -130,7 +130,11 @@ impl RemoteSession for LocalSession {
             Ok(n)
         })
     }
-    fn put<'a>(&'a mut self, from: &'a mut std::fs::File, path: &'a str) -> BoxFut<'a, u64> {
+    fn put<'a>(
+        &'a mut self,
+        from: &'a mut (dyn std::io::Read + Send),
+        path: &'a str,
+    ) -> BoxFut<'a, u64> {
         Box::pin(async move {
             let p = self.resolve(path)?;
             let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {

@@ -114,7 +114,11 @@ pub trait RemoteSession: Send {
         })
     }
     /// Upload the contents of `from` as `path` (which should not exist), returning the bytes.
-    fn put<'a>(&'a mut self, from: &'a mut std::fs::File, path: &'a str) -> BoxFut<'a, u64>;
+    fn put<'a>(
+        &'a mut self,
+        from: &'a mut (dyn std::io::Read + Send),
+        path: &'a str,
+    ) -> BoxFut<'a, u64>;
     /// Rename `from` to `to`.
     fn rename<'a>(&'a mut self, from: &'a str, to: &'a str) -> BoxFut<'a, ()>;
     /// Delete `path`.

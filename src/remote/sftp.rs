@@ -15,7 +15,7 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -273,7 +273,7 @@ fn is_eof(e: &SftpError) -> bool {
 }
 
 /// Fill `buf` from `r` as far as it goes; fewer bytes only at the end of the file.
-fn read_full(r: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(r: &mut (dyn std::io::Read + Send), buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -440,7 +440,7 @@ impl SftpConn {
         &self,
         h: &str,
         path: &str,
-        from: &mut std::fs::File,
+        from: &mut (dyn std::io::Read + Send),
     ) -> Result<u64, RemoteError> {
         let mut set: JoinSet<Result<(), SftpError>> = JoinSet::new();
         let mut off = 0u64;
@@ -591,7 +591,11 @@ impl RemoteSession for SftpConn {
         })
     }
 
-    fn put<'a>(&'a mut self, from: &'a mut std::fs::File, path: &'a str) -> BoxFut<'a, u64> {
+    fn put<'a>(
+        &'a mut self,
+        from: &'a mut (dyn std::io::Read + Send),
+        path: &'a str,
+    ) -> BoxFut<'a, u64> {
         Box::pin(async move {
             // EXCLUDE: never replace a file that is already there.
             let h = self
