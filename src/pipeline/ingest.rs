@@ -535,6 +535,14 @@ impl Pipeline {
                 (w, lock, None, None)
             }
             Body::Upload(up, analysed) => {
+                // A small upload written to a file after all (the SFTP server had no memory
+                // slot for it): keep it in the ledger like any small file. The temporary
+                // file's removal need not be durable: a crash brings back an unlocked
+                // temporary file the next start's sweep removes.
+                if let Ok(Some(data)) = spool::read_small(&up.path, &up.file, SMALL_MAX) {
+                    let _ = spool::remove_no_sync(&up.path);
+                    return self.analyse_in_memory(partner, name, data);
+                }
                 let Upload { path, file, lock } = up;
                 let (mut sha256, mut passes) = match analysed {
                     Some(a) => {
