@@ -6,7 +6,7 @@
 //! out — and hands finished ones to [`Pipeline::ingest`], whose outcome is the reply to CLOSE.
 //!
 //! It must never touch the ledger, never write outside the spool and the customer's own
-//! download folder, never hold more than [`MEMORY_UPLOADS`] uploads in memory at once, never
+//! download folder, never hold more than `MEMORY_UPLOADS` uploads in memory at once, never
 //! tell an outsider which usernames exist, and never offer anything but SFTP (no exec,
 //! shell, forwarding or agent).
 //!
