@@ -1097,3 +1097,320 @@ fn check_reports_sftp_mistakes_with_file_line_and_field() {
     // The host keys are not a mistake: they will be generated.
     assert!(!out.contains("ssh_host_ed25519_key"), "{out}");
 }
+
+/// SMALL_MAX of the pipeline: uploads up to this size are held in memory by the server.
+const SMALL_MAX: usize = 256 * 1024;
+
+/// For each `sftp.upload.closed` event of the upload named `name`: was it held in memory?
+fn closed_in_memory(log: &str, name: &str) -> Vec<bool> {
+    log.lines()
+        .filter(|l| l.contains("sftp.upload.closed") && l.contains(&format!("name={name} ")))
+        .map(|l| l.contains("in_memory=true"))
+        .collect()
+}
+
+/// `b` with a payment amount changed after sealing, in the last payment record (so past
+/// `after`).
+fn tampered_after(mut b: Vec<u8>, after: usize) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&b).into_owned();
+    let i = text.rfind("\r\n14").unwrap() + 2 + 37;
+    assert!(
+        i > after,
+        "the last payment record starts at {i}, before {after}"
+    );
+    b[i] = if b[i] == b'9' { b'1' } else { b'9' };
+    b
+}
+
+/// An upload that grows past SMALL_MAX while it arrives leaves memory for a spool file
+/// without losing a byte: sequentially (OpenSSH), in two steps whose first stays in memory
+/// (with FSTAT answering the size so far), with holes filled later, and with its tail
+/// written first. Each is accepted with the SHA-256 of the whole file; a file tampered
+/// after the first 256 KiB is refused.
+#[test]
+fn uploads_crossing_small_max_are_judged_on_all_their_bytes() {
+    let g = Gw::start();
+    let order = |seed| sealed(&lb_order(DEMO_BG, 4_000, seed));
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("seq.txt", order(200)),
+        ("split.txt", order(201)),
+        ("holes.txt", order(202)),
+        ("tailfirst.txt", order(203)),
+        ("bad.txt", tampered_after(order(204), SMALL_MAX + 1000)),
+    ];
+    for (name, body) in &files {
+        assert!(
+            body.len() > SMALL_MAX + 8192 && body.len() < 4 << 20,
+            "{name}: {} bytes",
+            body.len()
+        );
+        g.write(name, body);
+    }
+    let (ok, out) = g.sftp("put -f seq.txt /upload/seq.txt\n");
+    assert!(ok, "{out}\n{}", g.log());
+    let out = g.paramiko(
+        r#"
+s = connect().open_sftp()
+def data(n): return open(n, 'rb').read()
+def split():
+    d = data('split.txt')
+    f = s.open('/upload/split.txt', 'wb')
+    f.write(d[:200000]); f.flush()
+    print('FSTAT', f.stat().st_size)
+    f.write(d[200000:]); f.close()
+def holes():
+    d = data('holes.txt')
+    f = s.open('/upload/holes.txt', 'wb')
+    f.seek(100000); f.write(d[100000:200000])
+    f.seek(0); f.write(d[:100000])
+    f.seek(200000); f.write(d[200000:]); f.close()
+def tailfirst():
+    d = data('tailfirst.txt')
+    f = s.open('/upload/tailfirst.txt', 'wb')
+    f.seek(150000); f.write(d[150000:])
+    f.seek(0); f.write(d[:150000]); f.close()
+attempt('split', split)
+attempt('holes', holes)
+attempt('tailfirst', tailfirst)
+attempt('bad', lambda: s.put('bad.txt', '/upload/bad.txt'))
+"#,
+        &[],
+    );
+    for label in [
+        "split OK",
+        "holes OK",
+        "tailfirst OK",
+        "bad ERR",
+        "FSTAT 200000",
+    ] {
+        assert!(out.contains(label), "{label}: {out}\n{}", g.log());
+    }
+    let l = g.ledger();
+    for (name, body) in &files {
+        let r = record_named(&l, name);
+        assert_eq!(r["sha256"], sha(body), "{name}: {r}");
+        assert_eq!(r["size"], body.len(), "{name}: {r}");
+        if *name == "bad.txt" {
+            assert_eq!(r["state"], "quarantined", "{r}");
+        } else {
+            assert_ne!(r["state"], "quarantined", "{name}: {r}");
+        }
+        assert_eq!(
+            closed_in_memory(&g.log(), name),
+            vec![false],
+            "{name} ended as a spool file"
+        );
+    }
+    assert!(wait_for(|| g.outbox().len() == 4), "{}", g.log());
+    let delivered: Vec<Vec<u8>> = g.outbox().iter().map(|p| fs::read(p).unwrap()).collect();
+    for (name, body) in &files[..4] {
+        assert!(delivered.contains(body), "{name} delivered byte-identical");
+    }
+    assert!(
+        wait_for(|| g.incoming_temps().is_empty()),
+        "{:?}",
+        g.incoming_temps()
+    );
+}
+
+/// A small upload closed under a temporary name stays in memory (nothing in spool/incoming)
+/// and is resumed — by appending, or by writing at an offset after re-opening — then renamed:
+/// judged on all its bytes, so a tampered tail is refused. One resumed past SMALL_MAX goes
+/// on as a spool file.
+#[test]
+fn a_resumed_small_temp_upload_is_judged_on_all_its_bytes() {
+    let g = Gw::start();
+    let small = |seed| sealed(&lb_order(DEMO_BG, 40, seed));
+    let good = small(210);
+    let good2 = small(211);
+    let bad = tampered_after(small(212), small(212).len() / 2);
+    let grows = sealed(&lb_order(DEMO_BG, 4_000, 213));
+    assert!(good.len() < SMALL_MAX && grows.len() > SMALL_MAX + 8192);
+    g.write("good.txt", &good);
+    g.write("good2.txt", &good2);
+    g.write("bad.txt", &bad);
+    g.write("grows.txt", &grows);
+    let incoming = g.path().join("var/spool/incoming");
+    let out = g.paramiko(
+        r#"
+INC = os.environ['INCOMING']
+def resume(local, remote, how, first=None):
+    data = open(local, 'rb').read()
+    first = first or len(data) // 2
+    s = connect().open_sftp()
+    f = s.open(remote + '.part', 'wb'); f.write(data[:first]); f.close()
+    print('PARKED', remote, len(os.listdir(INC)))
+    if how == 'append':
+        f = s.open(remote + '.part', 'ab'); f.write(data[first:]); f.close()
+    else:
+        f = s.open(remote + '.part', 'r+'); f.seek(first); f.write(data[first:]); f.close()
+    s.rename(remote + '.part', remote)
+attempt('good', lambda: resume('good.txt', '/upload/good.txt', 'append'))
+attempt('good2', lambda: resume('good2.txt', '/upload/good2.txt', 'offset'))
+attempt('bad', lambda: resume('bad.txt', '/upload/bad.txt', 'append'))
+attempt('grows', lambda: resume('grows.txt', '/upload/grows.txt', 'append', 200000))
+"#,
+        &[("INCOMING", incoming.to_str().unwrap())],
+    );
+    for label in ["good OK", "good2 OK", "bad ERR", "grows OK"] {
+        assert!(out.contains(label), "{label}: {out}\n{}", g.log());
+    }
+    for name in ["good", "good2", "bad", "grows"] {
+        assert!(
+            out.contains(&format!("PARKED /upload/{name}.txt 0")),
+            "a parked small upload is not a file: {out}"
+        );
+    }
+    let l = g.ledger();
+    for (name, body) in [
+        ("good.txt", &good),
+        ("good2.txt", &good2),
+        ("grows.txt", &grows),
+    ] {
+        let r = record_named(&l, name);
+        assert_ne!(r["state"], "quarantined", "{name}: {r}");
+        assert_eq!(r["sha256"], sha(body), "{name}: {r}");
+        assert_eq!(r["size"], body.len(), "{name}: {r}");
+    }
+    let r = record_named(&l, "bad.txt");
+    assert_eq!(r["state"], "quarantined", "{r}");
+    assert_eq!(r["sha256"], sha(&bad), "{r}");
+    assert_eq!(l.len(), 4, "{l:?}");
+    let log = g.log();
+    assert_eq!(closed_in_memory(&log, "good.txt.part"), vec![true, true]);
+    assert_eq!(closed_in_memory(&log, "grows.txt.part"), vec![true, false]);
+    assert!(wait_for(|| g.outbox().len() == 3), "{}", g.log());
+}
+
+/// Small uploads across several sessions never create a file in spool/incoming (checked
+/// while each is open; an upload past SMALL_MAX does, showing the check sees files), and a
+/// disconnect in the middle of small uploads records nothing.
+#[test]
+fn small_uploads_never_touch_spool_incoming_and_a_cut_records_nothing() {
+    let g = Gw::start();
+    for sess in 0..3 {
+        for k in 0..5 {
+            g.write(&format!("s{sess}-{k}.txt"), &good_order(300 + sess * 5 + k));
+        }
+    }
+    g.write("cut.txt", &good_order(320));
+    let incoming = g.path().join("var/spool/incoming");
+    let out = g.paramiko(
+        r#"
+INC = os.environ['INCOMING']
+for sess in range(3):
+    c = connect(); s = c.open_sftp()
+    for k in range(5):
+        name = 's%d-%d.txt' % (sess, k)
+        f = s.open('/upload/' + name, 'wb'); f.write(open(name, 'rb').read()); f.flush()
+        print('OPEN', name, len(os.listdir(INC)))
+        f.close()
+    c.close()
+c = connect(); s = c.open_sftp()
+big = s.open('/upload/big.bin', 'wb'); big.write(b'x' * 300000); big.flush()
+print('BIG', len(os.listdir(INC)))
+cut = s.open('/upload/cut.txt', 'wb'); cut.write(open('cut.txt', 'rb').read()[:1000]); cut.flush()
+print('CUT-OPEN', len(os.listdir(INC)))
+c.get_transport().sock.close()
+print('CUT')
+"#,
+        &[("INCOMING", incoming.to_str().unwrap())],
+    );
+    assert!(out.contains("CUT\n"), "{out}\n{}", g.log());
+    assert_eq!(out.matches("OPEN s").count(), 15, "{out}\n{}", g.log());
+    for line in out.lines().filter(|l| l.starts_with("OPEN ")) {
+        assert!(
+            line.ends_with(" 0"),
+            "an open small upload is a file: {line}"
+        );
+    }
+    assert!(
+        out.contains("BIG 1") && out.contains("CUT-OPEN 1"),
+        "only the upload past SMALL_MAX is a file: {out}"
+    );
+    assert!(
+        wait_for(|| g.log().matches("sftp.upload.abandoned").count() == 2),
+        "{}",
+        g.log()
+    );
+    assert!(
+        wait_for(|| g.incoming_temps().is_empty()),
+        "{:?}",
+        g.incoming_temps()
+    );
+    let l = g.ledger();
+    assert_eq!(l.len(), 15, "{l:?}");
+    assert!(l.iter().all(|r| r["state"] != "quarantined"), "{l:?}");
+    assert!(
+        l.iter()
+            .all(|r| r["original_name"] != "cut.txt" && r["original_name"] != "big.bin"),
+        "{l:?}"
+    );
+    let log = g.log();
+    for sess in 0..3 {
+        for k in 0..5 {
+            let name = format!("s{sess}-{k}.txt");
+            assert_eq!(closed_in_memory(&log, &name), vec![true], "{name}");
+        }
+    }
+}
+
+/// At most 256 uploads are held in memory across the server: the next one is a spool file
+/// from its OPEN. Slots come back when uploads end (here: by a disconnect), so the next
+/// small upload is in memory again.
+#[test]
+fn memory_uploads_are_bounded_and_their_slots_come_back() {
+    let g = Gw::start();
+    let incoming = g.path().join("var/spool/incoming");
+    let env = [("INCOMING", incoming.to_str().unwrap())];
+    let out = g.paramiko(
+        r#"
+INC = os.environ['INCOMING']
+held = []  # kept referenced: paramiko closes a file object when it is collected
+c1 = connect()
+for ch in range(4):  # 4 SFTP channels of 64 handles: 256 uploads
+    s = c1.open_sftp()
+    for k in range(64):
+        f = s.open('/upload/m%d-%d.txt' % (ch, k), 'wb'); f.write(b'0123456789'); f.flush()
+        held.append(f)
+print('HELD', len(held), len(os.listdir(INC)))
+c2 = connect(); s2 = c2.open_sftp()
+f = s2.open('/upload/over.txt', 'wb'); f.write(b'0123456789'); f.flush(); held.append(f)
+print('OVER', len(os.listdir(INC)))
+c1.get_transport().sock.close(); c2.get_transport().sock.close()
+print('CUT')
+"#,
+        &env,
+    );
+    assert!(out.contains("HELD 256 0"), "{out}\n{}", g.log());
+    assert!(
+        out.contains("OVER 1"),
+        "the 257th upload is a spool file: {out}"
+    );
+    assert!(
+        wait_for(|| g.log().matches("sftp.upload.abandoned").count() == 257),
+        "{}",
+        g.log()
+    );
+    assert!(
+        wait_for(|| g.incoming_temps().is_empty()),
+        "{:?}",
+        g.incoming_temps()
+    );
+    let out = g.paramiko(
+        r#"
+INC = os.environ['INCOMING']
+c = connect(); s = c.open_sftp()
+f = s.open('/upload/again.txt', 'wb'); f.write(b'0123456789'); f.flush()
+print('AGAIN', len(os.listdir(INC)))
+c.get_transport().sock.close()  # before paramiko would CLOSE the file on exit
+"#,
+        &env,
+    );
+    assert!(
+        out.contains("AGAIN 0"),
+        "slots came back: {out}\n{}",
+        g.log()
+    );
+    assert!(g.ledger().is_empty());
+}

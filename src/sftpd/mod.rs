@@ -1,12 +1,14 @@
 //! sluss's own SFTP server, where customers' ERP systems drop payment files (`/upload`) and
 //! fetch what the bank sent back (`/download`). A thin protocol adapter over the pipeline:
 //! it authenticates accounts from the partner files, keeps each account inside its two
-//! virtual folders ([`vfs`]), writes uploads into spool files the pipeline hands out, and
-//! hands finished ones to [`Pipeline::ingest`], whose outcome is the reply to CLOSE.
+//! virtual folders ([`vfs`]), receives uploads — in memory up to
+//! [`SMALL_MAX`](crate::pipeline::SMALL_MAX), beyond that in spool files the pipeline hands
+//! out — and hands finished ones to [`Pipeline::ingest`], whose outcome is the reply to CLOSE.
 //!
 //! It must never touch the ledger, never write outside the spool and the customer's own
-//! download folder, never tell an outsider which usernames exist, and never offer anything
-//! but SFTP (no exec, shell, forwarding or agent).
+//! download folder, never hold more than `MEMORY_UPLOADS` uploads in memory at once, never
+//! tell an outsider which usernames exist, and never offer anything but SFTP (no exec,
+//! shell, forwarding or agent).
 //!
 //! Bind first, then run (as mini-redis): [`Server::bind`] loads host keys and binds the
 //! listener, so a caller knows the address (port 0 picks a free one) before serving;
@@ -18,7 +20,8 @@ mod session;
 pub mod vfs;
 
 use crate::config::sftp::SftpServer;
-use crate::pipeline::{Pipeline, Upload};
+use crate::pipeline::live::Analysed;
+use crate::pipeline::{Body, Pipeline, Upload};
 use guard::{Guard, Verdict};
 use russh::keys::ssh_key::{Algorithm, HashAlg, PublicKey};
 use russh::server::{Auth, Msg, PublicKeyOffer, Session as SshSession, VerifiedPublicKey};
@@ -61,6 +64,13 @@ fn dummy_hash() -> String {
         .unwrap_or_default()
 }
 
+/// Uploads held in memory at once across the whole server, open or parked (each at most
+/// [`SMALL_MAX`](crate::pipeline::SMALL_MAX) = 256 KiB: 64 MiB at worst). Far more than the
+/// small files customers send at the same moment, yet a bound a small VM can always afford
+/// whatever `max_sessions` allows (each session may hold 64 handles); past it uploads simply
+/// start as spool files, as every upload did before.
+pub(crate) const MEMORY_UPLOADS: usize = 256;
+
 /// Name of the file in the data directory that holds the bound port (for scripts and tests
 /// when the configured port is 0).
 pub const PORT_FILE: &str = "sftp.port";
@@ -91,11 +101,60 @@ pub(crate) struct AccountCtx {
     pub quota: Option<u64>,
 }
 
+/// One of the [`MEMORY_UPLOADS`] places for an upload held in memory; freed when dropped
+/// (with the buffer it travels with), whichever way the upload ends.
+pub(crate) struct MemSlot(Arc<AtomicUsize>);
+
+impl Drop for MemSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An upload's bytes once its writer is done: what CLOSE parks or hands over.
+pub(crate) enum UploadData {
+    /// A small upload received whole in memory (at most
+    /// [`SMALL_MAX`](crate::pipeline::SMALL_MAX) bytes); nothing of it is on disk.
+    Memory(Vec<u8>, MemSlot),
+    /// A spool file written at the client's offsets.
+    File(Upload),
+}
+
+impl UploadData {
+    /// The upload will not be handed over: drop the buffer (and its slot) or remove the
+    /// spool file.
+    pub(crate) fn abandon(self) {
+        match self {
+            UploadData::Memory(..) => {}
+            UploadData::File(u) => u.abandon(),
+        }
+    }
+
+    /// True for an upload held in memory.
+    pub(crate) fn in_memory(&self) -> bool {
+        matches!(self, UploadData::Memory(..))
+    }
+
+    /// What the pipeline takes: the bytes themselves, or the spool file with what was
+    /// learnt while it arrived (`analysed`; never made for in-memory uploads, which the
+    /// pipeline analyses from memory). The slot comes back to be held until the pipeline is
+    /// done with the bytes, so the memory bound counts them until then.
+    pub(crate) fn into_body(
+        self,
+        analysed: Option<Box<Analysed>>,
+    ) -> (Body<'static>, Option<MemSlot>) {
+        match self {
+            UploadData::Memory(buf, slot) => (Body::Bytes(buf), Some(slot)),
+            UploadData::File(u) => (Body::Upload(u, analysed), None),
+        }
+    }
+}
+
 /// An upload closed under a temporary name, waiting for its RENAME.
 pub(crate) struct Parked {
-    pub upload: Upload,
+    pub data: UploadData,
     /// What the writer learnt while the bytes arrived (dropped if the upload is resumed).
-    pub analysed: Option<Box<crate::pipeline::live::Analysed>>,
+    pub analysed: Option<Box<Analysed>>,
     pub size: u64,
     mtime: u32,
 }
@@ -136,6 +195,9 @@ pub(crate) struct Shared {
     pub settings: SftpServer,
     guard: Guard,
     connections: AtomicUsize,
+    /// Uploads held in memory now (see [`MemSlot`]); shared with the slots, not with `Shared`
+    /// itself, so a parked upload's slot does not keep the server state alive.
+    memory_uploads: Arc<AtomicUsize>,
     accounts: Mutex<HashMap<String, AccountState>>,
     dummy_hash: String,
 }
@@ -149,6 +211,16 @@ fn now_secs() -> u32 {
 }
 
 impl Shared {
+    /// A place for one more upload in memory; `None` when [`MEMORY_UPLOADS`] are held.
+    pub(crate) fn memory_slot(&self) -> Option<MemSlot> {
+        self.memory_uploads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MEMORY_UPLOADS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| MemSlot(self.memory_uploads.clone()))
+    }
+
     fn with_account<T>(&self, acc: &AccountCtx, f: impl FnOnce(&mut AccountState) -> T) -> T {
         let mut map = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         let st = map.entry(acc.partner.clone()).or_default();
@@ -206,15 +278,15 @@ impl Shared {
         &self,
         acc: &AccountCtx,
         name: &str,
-        upload: Upload,
-        analysed: Option<Box<crate::pipeline::live::Analysed>>,
+        data: UploadData,
+        analysed: Option<Box<Analysed>>,
         size: u64,
     ) {
         let old = self.with_account(acc, |st| {
             st.uploads.insert(
                 name.to_string(),
                 UpEntry::Parked(Parked {
-                    upload,
+                    data,
                     analysed,
                     size,
                     mtime: now_secs(),
@@ -222,7 +294,7 @@ impl Shared {
             )
         });
         if let Some(UpEntry::Parked(p)) = old {
-            p.upload.abandon();
+            p.data.abandon();
         }
     }
 
@@ -352,7 +424,7 @@ impl Drop for AccountSlot {
         });
         for p in orphans {
             tracing::info!(event = "sftp.upload.abandoned", user = %self.ctx.username, "a temporary upload ({} bytes) was never renamed to a final name; removed", p.size);
-            p.upload.abandon();
+            p.data.abandon();
         }
     }
 }
@@ -431,6 +503,7 @@ impl Server {
             guard: Guard::new(settings.ban.clone()),
             settings,
             connections: AtomicUsize::new(0),
+            memory_uploads: Arc::new(AtomicUsize::new(0)),
             accounts: Mutex::new(HashMap::new()),
             dummy_hash: tokio::task::spawn_blocking(dummy_hash)
                 .await

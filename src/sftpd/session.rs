@@ -1,19 +1,23 @@
 //! One SFTP session (protocol version 3) over an SSH channel: our own request loop instead of
-//! russh-sftp's, so that requests are pipelined. WRITE is answered as soon as its data is
-//! queued to the upload's writer thread (which writes at the offset and hashes sequential
-//! data); replies are batched and flushed only when no complete request is waiting. The
-//! receipt for an upload is the reply to CLOSE (or to the RENAME that gives a temporary
+//! russh-sftp's, so that requests are pipelined. An upload starts in memory (a typical
+//! payment file of a few KiB then never touches the file system before its receipt) and
+//! becomes a spool file only when it grows past [`SMALL_MAX`] or when [`super::MEMORY_UPLOADS`]
+//! are held already; a spool file is written by the upload's writer thread (which writes at
+//! the offset and analyses sequential data), and WRITE is answered as soon as its data is
+//! queued there. Replies are batched and flushed only when no complete request is waiting.
+//! The receipt for an upload is the reply to CLOSE (or to the RENAME that gives a temporary
 //! upload its final name): OK only after the pipeline made the file durable and recorded it.
 //!
 //! This module never touches the ledger or the spool directly except through
-//! [`Pipeline::new_upload`], [`Pipeline::ingest`], [`Upload::abandon`] and
+//! [`Pipeline::new_upload`](crate::pipeline::Pipeline::new_upload),
+//! [`Pipeline::ingest`](crate::pipeline::Pipeline::ingest), [`UploadData::abandon`] and
 //! [`crate::spool::discard`]; it never lets a client path reach the file system unchecked
-//! (see [`super::vfs`]).
+//! (see [`super::vfs`]), and never holds an upload in memory without a [`MemSlot`].
 
 use super::vfs::{self, Node, PathError};
-use super::{AccountCtx, Shared};
+use super::{AccountCtx, MemSlot, Shared, UploadData};
 use crate::pipeline::live::{self, Analysed, Live};
-use crate::pipeline::{Body, Incoming, Outcome, Upload};
+use crate::pipeline::{Incoming, Outcome, SMALL_MAX, Upload};
 use crate::seal::SealKey;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{
@@ -37,9 +41,6 @@ pub const MAX_HANDLES: usize = 64;
 /// Writes queued per upload before WRITE replies wait for the disk: bounds memory per upload
 /// (64 × 256 KiB = 16 MiB at most) while keeping the client's pipeline full.
 const WRITE_QUEUE: usize = 64;
-/// Uploads are written on the session's task up to this size, then by a writer thread (see
-/// [`Writer`]).
-const INLINE_MAX: u64 = 256 * 1024;
 /// Buffers of the request loop: room for a burst of small requests and replies (bigger ones
 /// bypass them); small, because every idle session holds them.
 const READ_BUF: usize = 128 * 1024;
@@ -109,9 +110,9 @@ enum WriterCmd {
     Sync(oneshot::Sender<std::io::Result<()>>),
 }
 
-/// What the writer thread hands back at CLOSE.
+/// What the writer hands back at CLOSE.
 struct WriterDone {
-    upload: Upload,
+    data: UploadData,
     error: Option<std::io::Error>,
     /// Hash and analysis made while the bytes arrived (large uploads written strictly in
     /// order; see `pipeline::live`); `None`: the pipeline reads the file back.
@@ -148,26 +149,32 @@ impl Sequence {
 
 /// Where an upload's WRITEs go.
 enum Writer {
-    /// Up to [`INLINE_MAX`] bytes: written on the session's own task (a page-cache copy of a
-    /// few microseconds). A typical payment file of a few KiB then costs no thread hand-off
-    /// per WRITE, fsync and CLOSE.
-    Inline {
-        upload: Upload,
+    /// Up to [`SMALL_MAX`] bytes: copied into a buffer on the session's own task. No spool
+    /// file is created, written, renamed or deleted for it (each of those costs more on the
+    /// spool's disk than the whole transfer of a few KiB), and no thread hand-off per WRITE.
+    /// `buf` is as long as the highest byte written; holes read as zeros, as in a sparse
+    /// file.
+    Memory {
+        buf: Vec<u8>,
+        /// Kept for the switch to `Thread`: an upload written strictly in order stays
+        /// eligible for live analysis.
         seq: Sequence,
-        error: Option<std::io::Error>,
+        slot: MemSlot,
     },
-    /// Larger: a writer thread (see [`start_writer`]), so big writes and the analysis fed
-    /// from them never hold up the session's task.
+    /// Larger (or no memory slot free): a spool file written by a writer thread (see
+    /// [`start_writer`]), so big writes and the analysis fed from them never hold up the
+    /// session's task.
     Thread {
         tx: mpsc::Sender<WriterCmd>,
         worker: tokio::task::JoinHandle<WriterDone>,
     },
-    /// Only while switching from `Inline` to `Thread`.
+    /// While switching from `Memory` to `Thread`, and after a switch that failed (the bytes
+    /// were dropped; the upload is marked failed).
     Switching,
 }
 
 impl Writer {
-    /// The session ended before CLOSE: hand back the file without finishing its analysis.
+    /// The session ended before CLOSE: hand back the bytes without finishing their analysis.
     async fn abandon(self) -> Option<WriterDone> {
         if let Writer::Thread { tx, .. } = &self {
             let _ = tx.send(WriterCmd::Abandon).await;
@@ -175,14 +182,14 @@ impl Writer {
         self.finish().await
     }
 
-    /// Stop writing and hand back the file (CLOSE).
+    /// Stop writing and hand back the bytes (CLOSE).
     async fn finish(self) -> Option<WriterDone> {
         match self {
-            Writer::Inline { upload, error, .. } => {
-                let size = upload.file.metadata().map(|m| m.len()).unwrap_or(0);
+            Writer::Memory { buf, slot, .. } => {
+                let size = buf.len() as u64;
                 Some(WriterDone {
-                    upload,
-                    error,
+                    data: UploadData::Memory(buf, slot),
+                    error: None,
                     analysed: None,
                     size,
                 })
@@ -293,7 +300,7 @@ fn start_writer(
             None => None,
         };
         WriterDone {
-            upload,
+            data: UploadData::File(upload),
             error,
             analysed,
             size,
@@ -388,7 +395,7 @@ impl Session {
             if let Handle_::Upload(u) = h {
                 self.shared.forget_writing(&self.account, &u.name);
                 if let Some(done) = u.writer.abandon().await {
-                    done.upload.abandon();
+                    done.data.abandon();
                 }
                 tracing::warn!(event = "sftp.upload.abandoned", user = %self.account.username, peer = %self.account.peer, name = %u.name, "upload of {} abandoned: the session ended before CLOSE; nothing was handed over", u.name);
             }
@@ -607,13 +614,20 @@ impl Session {
         let settings = &self.shared.settings;
         // Resume a closed temporary upload (WinSCP, lftp) unless the client truncates it.
         let parked = self.shared.take_parked(&self.account, &name);
-        let (upload, start_size) = match parked {
+        let (writer, start_size) = match parked {
             Some(p) if !flags.contains(F::TRUNCATE) && !flags.contains(F::EXCLUDE) => {
-                (p.upload, p.size)
+                // A resumed upload continues where it is: in memory (spilling to a file if
+                // it grows past SMALL_MAX) or in its spool file.
+                let seq = Sequence::new(p.size);
+                let writer = match p.data {
+                    UploadData::Memory(buf, slot) => Writer::Memory { buf, seq, slot },
+                    UploadData::File(upload) => self.thread_writer(upload, seq),
+                };
+                (writer, p.size)
             }
             Some(p) => {
-                p.upload.abandon();
-                (self.new_upload()?, 0)
+                p.data.abandon();
+                (self.new_writer()?, 0)
             }
             None => {
                 if !self.shared.mark_writing(&self.account, &name) {
@@ -622,8 +636,8 @@ impl Session {
                         format!("{name} is being uploaded in another session"),
                     ));
                 }
-                match self.new_upload() {
-                    Ok(u) => (u, 0),
+                match self.new_writer() {
+                    Ok(w) => (w, 0),
                     Err(e) => {
                         self.shared.forget_writing(&self.account, &name);
                         return Err(e);
@@ -646,11 +660,7 @@ impl Session {
         }
         let open = OpenUpload {
             name: name.clone(),
-            writer: Writer::Inline {
-                upload,
-                seq: Sequence::new(start_size),
-                error: None,
-            },
+            writer,
             size: start_size,
             limit,
             limit_reason,
@@ -660,6 +670,52 @@ impl Session {
         let h = self.new_handle(Handle_::Upload(open))?;
         tracing::debug!(event = "sftp.upload.open", user = %self.account.username, name = %name);
         Ok(Packet::Handle(Handle { id, handle: h }))
+    }
+
+    /// The writer of a new upload: in memory while a [`MemSlot`] is free, else a spool file
+    /// from the start. Such a file is written by its writer thread rather than on this task
+    /// as the in-memory bytes are: slots run out only when hundreds of uploads are in
+    /// flight, when keeping the session tasks free matters most, and one path for files
+    /// (the thread) is one path tested; its hand-off costs microseconds per WRITE.
+    fn new_writer(&self) -> Result<Writer, (StatusCode, String)> {
+        match self.shared.memory_slot() {
+            Some(slot) => Ok(Writer::Memory {
+                buf: Vec::new(),
+                seq: Sequence::new(0),
+                slot,
+            }),
+            None => {
+                tracing::debug!(event = "sftp.upload.memory_full", user = %self.account.username, "all memory slots taken; the upload goes to a spool file");
+                let upload = self.new_upload()?;
+                Ok(self.thread_writer(upload, Sequence::new(0)))
+            }
+        }
+    }
+
+    /// A writer thread for `upload`, with the partner's seal keys for live analysis.
+    fn thread_writer(&self, upload: Upload, seq: Sequence) -> Writer {
+        let keys = self
+            .shared
+            .pipeline
+            .config
+            .partner(&self.account.partner)
+            .map(|p| p.seal.keys.clone())
+            .unwrap_or_default();
+        let (tx, worker) = start_writer(upload, seq, keys);
+        Writer::Thread { tx, worker }
+    }
+
+    /// The spool file an in-memory upload becomes when it grows past [`SMALL_MAX`]: its
+    /// bytes so far written at offset 0, then a writer thread takes over with the same
+    /// [`Sequence`]. Errors are the WRITE's reply.
+    fn spill(&self, name: &str, buf: &[u8], seq: Sequence) -> Result<Writer, (StatusCode, String)> {
+        let upload = self.new_upload()?;
+        if let Err(e) = upload.file.write_all_at(buf, 0) {
+            tracing::error!(event = "sftp.upload.failed", user = %self.account.username, name = %name, "writing {name} failed: {e}");
+            upload.abandon();
+            return Err(fail(StatusCode::Failure, "write failed (disk problem)"));
+        }
+        Ok(self.thread_writer(upload, seq))
     }
 
     fn new_upload(&self) -> Result<Upload, (StatusCode, String)> {
@@ -685,41 +741,47 @@ impl Session {
             return Err(fail(StatusCode::Failure, msg));
         }
         u.size = u.size.max(end);
-        if end > INLINE_MAX && matches!(u.writer, Writer::Inline { .. }) {
-            let Writer::Inline { upload, seq, error } =
+        if end > SMALL_MAX && matches!(u.writer, Writer::Memory { .. }) {
+            let Writer::Memory { buf, seq, slot } =
                 std::mem::replace(&mut u.writer, Writer::Switching)
             else {
-                unreachable!("matched Inline above");
+                unreachable!("matched Memory above");
             };
-            if let Some(e) = error {
-                // Already failed inline: keep failing, and report it at CLOSE.
-                u.writer = Writer::Inline {
-                    upload,
-                    seq,
-                    error: Some(e),
-                };
-                return Err(fail(StatusCode::Failure, "write failed (disk problem)"));
+            let name = u.name.clone();
+            let spilled = self.spill(&name, &buf, seq);
+            // The bytes are in the file now (or the upload failed): free the memory.
+            drop(buf);
+            drop(slot);
+            // `spill` borrowed all of `self`: find the upload again.
+            let Some(Handle_::Upload(u)) = self.handles.get_mut(handle) else {
+                return Err(fail(StatusCode::Failure, "no such handle"));
+            };
+            match spilled {
+                Ok(w) => u.writer = w,
+                Err((code, msg)) => {
+                    // Never handed over: CLOSE reports this line.
+                    u.failed = Some(msg.clone());
+                    return Err((code, msg));
+                }
             }
-            let keys = self
-                .shared
-                .pipeline
-                .config
-                .partner(&self.account.partner)
-                .map(|p| p.seal.keys.clone())
-                .unwrap_or_default();
-            let (tx, worker) = start_writer(upload, seq, keys);
-            u.writer = Writer::Thread { tx, worker };
         }
+        let Some(Handle_::Upload(u)) = self.handles.get_mut(handle) else {
+            return Err(fail(StatusCode::Failure, "no such handle"));
+        };
         match &mut u.writer {
-            Writer::Inline { upload, seq, error } => {
-                if error.is_some() {
-                    return Err(fail(StatusCode::Failure, "write failed (disk problem)"));
+            Writer::Memory { buf, seq, .. } => {
+                // end <= SMALL_MAX here: the offsets fit in memory.
+                let (start, stop) = (offset as usize, end as usize);
+                if buf.len() < stop {
+                    // Grow at most to SMALL_MAX, so a slot never holds more (Vec's own
+                    // doubling could reach twice that).
+                    if stop > buf.capacity() {
+                        let want = (buf.capacity() * 2).max(stop).min(SMALL_MAX as usize);
+                        buf.reserve_exact(want - buf.len());
+                    }
+                    buf.resize(stop, 0);
                 }
-                if let Err(e) = upload.file.write_all_at(&data, offset) {
-                    tracing::error!(event = "sftp.upload.failed", user = %self.account.username, name = %u.name, "writing {} failed: {e}", u.name);
-                    *error = Some(e);
-                    return Err(fail(StatusCode::Failure, "write failed (disk problem)"));
-                }
+                buf[start..stop].copy_from_slice(&data);
                 seq.wrote(offset, data.len());
             }
             Writer::Thread { tx, .. } => {
@@ -790,26 +852,26 @@ impl Session {
             }
             Handle_::Dir(_) => return Ok(ok(id)),
         };
-        let done = match u.writer.finish().await {
-            Some(d) => d,
-            None => {
-                self.shared.forget_writing(&self.account, &u.name);
-                return Err(fail(
-                    StatusCode::Failure,
-                    "the upload failed on the server; send it again",
-                ));
-            }
-        };
+        let done = u.writer.finish().await;
         if let Some(why) = u.failed {
-            done.upload.abandon();
+            if let Some(d) = done {
+                d.data.abandon();
+            }
             let msg = format!("{} was NOT accepted: {why}", u.name);
             self.shared.refused(&self.account, &u.name, msg.clone());
             return Err(fail(StatusCode::Failure, msg));
         }
+        let Some(done) = done else {
+            self.shared.forget_writing(&self.account, &u.name);
+            return Err(fail(
+                StatusCode::Failure,
+                "the upload failed on the server; send it again",
+            ));
+        };
         if let Some(e) = &done.error {
             tracing::error!(event = "sftp.upload.failed", user = %self.account.username, name = %u.name, "writing {} failed: {e}", u.name);
             self.shared.forget_writing(&self.account, &u.name);
-            done.upload.abandon();
+            done.data.abandon();
             return Err(fail(
                 StatusCode::Failure,
                 "the server could not store the file (disk problem); it was NOT accepted; send it again later",
@@ -820,21 +882,17 @@ impl Session {
             user = %self.account.username,
             name = %u.name,
             size = done.size,
+            in_memory = done.data.in_memory(),
             checked_while_arriving = done.analysed.as_ref().is_some_and(|a| a.passes.is_some()),
         );
         if vfs::is_temp_name(&self.shared.settings.temp_name_patterns, &u.name) {
             // Not final yet: kept until renamed to a final name (or the account's last
             // session ends).
-            self.shared.park(
-                &self.account,
-                &u.name,
-                done.upload,
-                done.analysed,
-                done.size,
-            );
+            self.shared
+                .park(&self.account, &u.name, done.data, done.analysed, done.size);
             return Ok(ok(id));
         }
-        self.hand_over(id, u.name, done.upload, done.analysed, done.size)
+        self.hand_over(id, u.name, done.data, done.analysed, done.size)
             .await
     }
 
@@ -843,7 +901,7 @@ impl Session {
         &mut self,
         id: u32,
         name: String,
-        upload: Upload,
+        data: UploadData,
         analysed: Option<Box<Analysed>>,
         size: u64,
     ) -> Reply {
@@ -851,14 +909,9 @@ impl Session {
         let partner = self.account.partner.clone();
         let n = name.clone();
         let result = tokio::task::spawn_blocking(move || {
-            pipeline.ingest(
-                &partner,
-                "sftp",
-                vec![Incoming {
-                    name: n,
-                    body: Body::Upload(upload, analysed),
-                }],
-            )
+            // The memory slot is held until the pipeline is done with the bytes.
+            let (body, _slot) = data.into_body(analysed);
+            pipeline.ingest(&partner, "sftp", vec![Incoming { name: n, body }])
         })
         .await;
         let outcome = match result {
@@ -1073,7 +1126,7 @@ impl Session {
             }
             Node::Upload(name) => {
                 if let Some(p) = self.shared.take_parked(&self.account, &name) {
-                    p.upload.abandon();
+                    p.data.abandon();
                     return Ok(ok(id));
                 }
                 match self.shared.upload_entry(&self.account, &name) {
@@ -1123,15 +1176,15 @@ impl Session {
             };
         };
         if let Some(old_target) = self.shared.take_parked(&self.account, b) {
-            old_target.upload.abandon();
+            old_target.data.abandon();
         }
         if vfs::is_temp_name(&self.shared.settings.temp_name_patterns, b) {
             self.shared
-                .park(&self.account, b, p.upload, p.analysed, p.size);
+                .park(&self.account, b, p.data, p.analysed, p.size);
             return Ok(ok(id));
         }
         self.shared.set_writing(&self.account, b);
-        self.hand_over(id, b.clone(), p.upload, p.analysed, p.size)
+        self.hand_over(id, b.clone(), p.data, p.analysed, p.size)
             .await
     }
 
@@ -1161,11 +1214,11 @@ impl Session {
                 };
                 match self.handles.get(&h) {
                     Some(Handle_::Upload(u)) => match &u.writer {
-                        // No disk flush (see the writer thread's Sync): write errors only.
-                        Writer::Inline { error: None, .. } => Ok(ok(id)),
-                        Writer::Inline { .. } | Writer::Switching => {
-                            Err(fail(StatusCode::Failure, "fsync failed"))
-                        }
+                        // Nothing to flush: the pipeline makes the bytes durable before the
+                        // receipt, and an upload is worth nothing until then (see the writer
+                        // thread's Sync).
+                        Writer::Memory { .. } => Ok(ok(id)),
+                        Writer::Switching => Err(fail(StatusCode::Failure, "fsync failed")),
                         Writer::Thread { tx, .. } => {
                             let (otx, rx) = oneshot::channel();
                             if tx.send(WriterCmd::Sync(otx)).await.is_err() {
