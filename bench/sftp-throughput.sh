@@ -9,7 +9,9 @@
 # Server CPU seconds: sluss from /proc/PID/stat; sshd from /usr/bin/time around `sshd -D`
 # (one sshd per phase, so its reparented session children are counted).
 #
-#   bash bench/sftp-throughput.sh [BIG_MIB] [FILES] [CLIENTS] [PER]   (defaults: 1024 2000 100 20)
+#   bash bench/sftp-throughput.sh [BIG_MIB] [FILES] [CLIENTS] [PER] [ROUNDS]
+#   (defaults: 1024 2000 100 20 3; phases 1 and 2 alternate sluss and OpenSSH ROUNDS times
+#   and report medians)
 #
 # Needs: cargo, sshd, sftp, ssh-keygen, python3, GNU time, ~3×BIG_MIB free in /var/tmp.
 set -euo pipefail
@@ -18,6 +20,7 @@ BIG_MIB=${1:-1024}
 FILES=${2:-2000}
 CLIENTS=${3:-100}
 PER=${4:-20}
+ROUNDS=${5:-3}
 CIPHER=aes128-gcm@openssh.com
 cargo build --release --quiet
 BIN=$PWD/target/release/sluss
@@ -139,43 +142,57 @@ client() { # client KNOWN PORT USER BATCH
         -o IdentitiesOnly=yes -i "$WORK/client" -P "$2" -b "$4" "$3@127.0.0.1" >/dev/null
 }
 
+# Phases 1 and 2 run ROUNDS times, alternating sluss and OpenSSH, each sluss round on a fresh
+# data directory (the same payment files are new to it), and report the median of each side:
+# these machines are shared and one round can be off by ±15 %.
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float,sys.argv[1:])):.2f}')" "$@"; }
+
 # --- phase 1: big file
 echo "put -f $WORK/big.txt /upload/big.txt" > "$WORK/b.up.sluss"
 echo "put -f $WORK/big.txt $WORK/ossh/root/big.txt" > "$WORK/b.up.ossh"
 echo "get /download/big.dat $WORK/down/big.sluss" > "$WORK/b.down.sluss"
 echo "get $WORK/ossh/root/big.dat $WORK/down/big.ossh" > "$WORK/b.down.ossh"
-
-start_sluss
-c0=$(cpu_of "$SERVE_PID"); t0=$(now)
-client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/b.up.sluss"
-t1=$(now); c1=$(cpu_of "$SERVE_PID")
-S_UP=$(rate "$(echo "$t1 - $t0" | bc)"); S_UP_CPU=$(rate "$(echo "$c1 - $c0" | bc)")
-wait_delivered 1
 # The same transfer under a temporary name: received, written, hashed, not handed over — the
-# SFTP layer alone, without the pipeline's verification after the last byte.
+# SFTP layer alone, without the pipeline's verification after the last byte (first round).
 echo "put -f $WORK/big.txt /upload/big.txt.part" > "$WORK/b.up.sluss.part"
-c0=$(cpu_of "$SERVE_PID"); t0=$(now)
-client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/b.up.sluss.part"
-t1=$(now); c1=$(cpu_of "$SERVE_PID")
-S_UPT=$(rate "$(echo "$t1 - $t0" | bc)"); S_UPT_CPU=$(rate "$(echo "$c1 - $c0" | bc)")
-mkdir -p "$WORK/gw/var/download/demo" && cp "$WORK/big.txt" "$WORK/gw/var/download/demo/big.dat" && sync
-c0=$(cpu_of "$SERVE_PID"); t0=$(now)
-client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/b.down.sluss"
-t1=$(now); c1=$(cpu_of "$SERVE_PID")
-S_DOWN=$(rate "$(echo "$t1 - $t0" | bc)"); S_DOWN_CPU=$(rate "$(echo "$c1 - $c0" | bc)")
-cmp "$WORK/big.txt" "$WORK/down/big.sluss"
-stop_sluss
-rm -f "$WORK/down/big.sluss" "$WORK/gw/var/download/demo/big.dat"
 
-start_sshd
-t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/b.up.ossh"; t1=$(now)
-O_UP=$(rate "$(echo "$t1 - $t0" | bc)"); stop_sshd; O_UP_CPU=$SSHD_CPU
-mv "$WORK/ossh/root/big.txt" "$WORK/ossh/root/big.dat"; sync
-start_sshd
-t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/b.down.ossh"; t1=$(now)
-O_DOWN=$(rate "$(echo "$t1 - $t0" | bc)"); stop_sshd; O_DOWN_CPU=$SSHD_CPU
-cmp "$WORK/big.txt" "$WORK/down/big.ossh"
-rm -f "$WORK/down/big.ossh" "$WORK/ossh/root/big.dat"
+S_UPS=(); S_UP_CPUS=(); S_DOWNS=(); S_DOWN_CPUS=(); O_UPS=(); O_UP_CPUS=(); O_DOWNS=(); O_DOWN_CPUS=()
+for round in $(seq 1 "$ROUNDS"); do
+    start_sluss
+    c0=$(cpu_of "$SERVE_PID"); t0=$(now)
+    client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/b.up.sluss"
+    t1=$(now); c1=$(cpu_of "$SERVE_PID")
+    S_UPS+=("$(echo "$t1 - $t0" | bc)"); S_UP_CPUS+=("$(echo "$c1 - $c0" | bc)")
+    wait_delivered 1
+    if [ "$round" = 1 ]; then
+        c0=$(cpu_of "$SERVE_PID"); t0=$(now)
+        client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/b.up.sluss.part"
+        t1=$(now); c1=$(cpu_of "$SERVE_PID")
+        S_UPT=$(rate "$(echo "$t1 - $t0" | bc)"); S_UPT_CPU=$(rate "$(echo "$c1 - $c0" | bc)")
+    fi
+    mkdir -p "$WORK/gw/var/download/demo" && cp "$WORK/big.txt" "$WORK/gw/var/download/demo/big.dat" && sync
+    c0=$(cpu_of "$SERVE_PID"); t0=$(now)
+    client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/b.down.sluss"
+    t1=$(now); c1=$(cpu_of "$SERVE_PID")
+    S_DOWNS+=("$(echo "$t1 - $t0" | bc)"); S_DOWN_CPUS+=("$(echo "$c1 - $c0" | bc)")
+    cmp "$WORK/big.txt" "$WORK/down/big.sluss"
+    stop_sluss
+    rm -f "$WORK/down/big.sluss"
+    rm -rf "$WORK/gw/var"; sync
+
+    start_sshd
+    t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/b.up.ossh"; t1=$(now)
+    O_UPS+=("$(echo "$t1 - $t0" | bc)"); stop_sshd; O_UP_CPUS+=("$SSHD_CPU")
+    mv "$WORK/ossh/root/big.txt" "$WORK/ossh/root/big.dat"; sync
+    start_sshd
+    t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/b.down.ossh"; t1=$(now)
+    O_DOWNS+=("$(echo "$t1 - $t0" | bc)"); stop_sshd; O_DOWN_CPUS+=("$SSHD_CPU")
+    cmp "$WORK/big.txt" "$WORK/down/big.ossh"
+    rm -f "$WORK/down/big.ossh" "$WORK/ossh/root/big.dat"; sync
+    echo "   round $round, ${BIG_MIB} MiB: up sluss ${S_UPS[-1]} s / OpenSSH ${O_UPS[-1]} s; down sluss ${S_DOWNS[-1]} s / OpenSSH ${O_DOWNS[-1]} s"
+done
+S_UP=$(median "${S_UPS[@]}"); S_UP_CPU=$(median "${S_UP_CPUS[@]}"); S_DOWN=$(median "${S_DOWNS[@]}"); S_DOWN_CPU=$(median "${S_DOWN_CPUS[@]}")
+O_UP=$(median "${O_UPS[@]}"); O_UP_CPU=$(median "${O_UP_CPUS[@]}"); O_DOWN=$(median "${O_DOWNS[@]}"); O_DOWN_CPU=$(median "${O_DOWN_CPUS[@]}")
 
 # --- phase 2: many small files
 mkdir -p "$WORK/ossh/root/small" "$WORK/down/s" "$WORK/down/o"
@@ -187,25 +204,33 @@ for f in "$WORK"/small/*.txt; do
     echo "get /download/$n $WORK/down/s/$n" >> "$WORK/s.down.sluss"
     echo "get $WORK/ossh/root/small/$n $WORK/down/o/$n" >> "$WORK/s.down.ossh"
 done
-start_sluss
-c0=$(cpu_of "$SERVE_PID"); t0=$(now)
-client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/s.up.sluss"
-t1=$(now); c1=$(cpu_of "$SERVE_PID")
-S_SUP=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); S_SUP_CPU=$(rate "$(echo "$c1 - $c0" | bc)")
-wait_delivered "$FILES"
-ACCEPTED=$("$BIN" ledger list --json --config "$WORK/gw" --limit 100000 2>/dev/null | grep -c '"state"' || true)
-mkdir -p "$WORK/gw/var/download/demo" && cp "$WORK"/small/*.txt "$WORK/gw/var/download/demo/"; sync
-c0=$(cpu_of "$SERVE_PID"); t0=$(now)
-client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/s.down.sluss"
-t1=$(now); c1=$(cpu_of "$SERVE_PID")
-S_SDOWN=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); S_SDOWN_CPU=$(rate "$(echo "$c1 - $c0" | bc)")
-stop_sluss
-start_sshd
-t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.up.ossh"; t1=$(now)
-O_SUP=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SUP_CPU=$SSHD_CPU
-start_sshd
-t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.down.ossh"; t1=$(now)
-O_SDOWN=$(rate "$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SDOWN_CPU=$SSHD_CPU
+S_SUPS=(); S_SUP_CPUS=(); S_SDOWNS=(); S_SDOWN_CPUS=(); O_SUPS=(); O_SUP_CPUS=(); O_SDOWNS=(); O_SDOWN_CPUS=()
+for round in $(seq 1 "$ROUNDS"); do
+    start_sluss
+    c0=$(cpu_of "$SERVE_PID"); t0=$(now)
+    client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/s.up.sluss"
+    t1=$(now); c1=$(cpu_of "$SERVE_PID")
+    S_SUPS+=("$(echo "$FILES / ($t1 - $t0)" | bc -l)"); S_SUP_CPUS+=("$(echo "$c1 - $c0" | bc)")
+    wait_delivered "$FILES"
+    ACCEPTED=$("$BIN" ledger list --json --config "$WORK/gw" --limit 100000 2>/dev/null | grep -c '"state"' || true)
+    mkdir -p "$WORK/gw/var/download/demo" && cp "$WORK"/small/*.txt "$WORK/gw/var/download/demo/"; sync
+    c0=$(cpu_of "$SERVE_PID"); t0=$(now)
+    client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/s.down.sluss"
+    t1=$(now); c1=$(cpu_of "$SERVE_PID")
+    S_SDOWNS+=("$(echo "$FILES / ($t1 - $t0)" | bc -l)"); S_SDOWN_CPUS+=("$(echo "$c1 - $c0" | bc)")
+    stop_sluss
+    rm -rf "$WORK/gw/var" "$WORK/down/s"; mkdir -p "$WORK/down/s"; sync
+    start_sshd
+    t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.up.ossh"; t1=$(now)
+    O_SUPS+=("$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SUP_CPUS+=("$SSHD_CPU")
+    start_sshd
+    t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.down.ossh"; t1=$(now)
+    O_SDOWNS+=("$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SDOWN_CPUS+=("$SSHD_CPU")
+    rm -rf "$WORK/ossh/root/small" "$WORK/down/o"; mkdir -p "$WORK/ossh/root/small" "$WORK/down/o"; sync
+    echo "   round $round, $FILES files: up sluss $(rate "${S_SUPS[-1]}") / OpenSSH $(rate "${O_SUPS[-1]}") files/s; down sluss $(rate "${S_SDOWNS[-1]}") / OpenSSH $(rate "${O_SDOWNS[-1]}") files/s; ledger records $ACCEPTED"
+done
+S_SUP=$(median "${S_SUPS[@]}"); S_SUP_CPU=$(median "${S_SUP_CPUS[@]}"); S_SDOWN=$(median "${S_SDOWNS[@]}"); S_SDOWN_CPU=$(median "${S_SDOWN_CPUS[@]}")
+O_SUP=$(median "${O_SUPS[@]}"); O_SUP_CPU=$(median "${O_SUP_CPUS[@]}"); O_SDOWN=$(median "${O_SDOWNS[@]}"); O_SDOWN_CPU=$(median "${O_SDOWN_CPUS[@]}")
 
 # --- phase 3: concurrent clients (sluss only), fresh ledger
 start_sluss
@@ -246,7 +271,7 @@ OK=1
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 cat <<EOF
 
-== results (seconds; lower is better for times, higher for files/s)
+== results: medians of $ROUNDS alternating rounds (seconds; lower is better for times, higher for files/s)
 | test | sluss | OpenSSH internal-sftp | ratio |
 |---|---|---|---|
 | ${BIG_MIB} MiB upload, time (s) | $S_UP | $O_UP | sluss/OpenSSH $(ratio "$S_UP" "$O_UP") |
