@@ -125,7 +125,16 @@ pub fn write_temp<R: Read>(dir: &Path, reader: R, mode: u32) -> Result<Written> 
 }
 
 /// Copy `reader` into the open file `f` at `path`, hashing, then fsync it.
-fn fill<R: Read>(mut f: File, path: &Path, mut reader: R) -> Result<Written> {
+fn fill<R: Read>(f: File, path: &Path, reader: R) -> Result<Written> {
+    let (w, f) = fill_unsynced(f, path, reader)?;
+    f.sync_all()
+        .map_err(|e| SpoolError::new("fsync", path, e))?;
+    Ok(w)
+}
+
+/// [`fill`] without the fsync: the caller makes the file durable (e.g. with
+/// [`sync_batch`], beside others).
+fn fill_unsynced<R: Read>(mut f: File, path: &Path, mut reader: R) -> Result<(Written, File)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_BUF];
     let mut size = 0u64;
@@ -141,13 +150,14 @@ fn fill<R: Read>(mut f: File, path: &Path, mut reader: R) -> Result<Written> {
             .map_err(|e| SpoolError::new("write", path, e))?;
         size += n as u64;
     }
-    f.sync_all()
-        .map_err(|e| SpoolError::new("fsync", path, e))?;
-    Ok(Written {
-        path: path.to_path_buf(),
-        size,
-        sha256: hex_lower(&hasher.finalize()),
-    })
+    Ok((
+        Written {
+            path: path.to_path_buf(),
+            size,
+            sha256: hex_lower(&hasher.finalize()),
+        },
+        f,
+    ))
 }
 
 /// Like [`write_temp`], but the file is locked (`flock`, exclusive) from creation until the
@@ -246,29 +256,41 @@ pub fn sync_batch(dir: &Path, files: &[(&Path, &File)]) -> (Result<()>, Vec<Resu
     if files.is_empty() {
         return (fsync_dir(dir), Vec::new());
     }
+    // Up to SYNC_THREADS fsyncs in flight at once, the folder's among them: one after the
+    // other, a batch of ten files paid ten flushes; side by side they share a few.
+    let per = files.len().div_ceil(SYNC_THREADS);
     std::thread::scope(|s| {
-        let sync_files = s.spawn(|| {
-            files
-                .iter()
-                .map(|(p, f)| f.sync_all().map_err(|e| SpoolError::new("fsync", p, e)))
-                .collect::<Vec<_>>()
-        });
+        let workers: Vec<_> = files
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(p, f)| f.sync_all().map_err(|e| SpoolError::new("fsync", p, e)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
         let d = fsync_dir(dir);
-        let f = sync_files.join().unwrap_or_else(|_| {
-            files
-                .iter()
-                .map(|(p, _)| {
+        let mut out = Vec::with_capacity(files.len());
+        for (w, chunk) in workers.into_iter().zip(files.chunks(per)) {
+            match w.join() {
+                Ok(r) => out.extend(r),
+                Err(_) => out.extend(chunk.iter().map(|(p, _)| {
                     Err(SpoolError::new(
                         "fsync",
                         p,
                         std::io::Error::other("fsync thread failed"),
                     ))
-                })
-                .collect()
-        });
-        (d, f)
+                })),
+            }
+        }
+        (d, out)
     })
 }
+
+/// How many fsyncs [`sync_batch`] runs at once (plus the folder's).
+const SYNC_THREADS: usize = 8;
 
 /// True when another open file holds a lock on `path` (a live writer is still working on it).
 pub fn is_locked(path: &Path) -> bool {
@@ -290,6 +312,29 @@ pub fn write_named<R: Read>(dir: &Path, name: &str, reader: R, mode: u32) -> Res
         .open(&path)
         .map_err(|e| SpoolError::new("create", &path, e))?;
     let r = fill(f, &path, reader);
+    if r.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    r
+}
+
+/// [`write_named`] without the fsync: returns the open file, which the caller makes durable
+/// with [`sync_batch`] together with the other files of its batch and their folder.
+pub fn write_named_unsynced<R: Read>(
+    dir: &Path,
+    name: &str,
+    reader: R,
+    mode: u32,
+) -> Result<(Written, File)> {
+    ensure_dir(dir)?;
+    let path = dir.join(name);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&path)
+        .map_err(|e| SpoolError::new("create", &path, e))?;
+    let r = fill_unsynced(f, &path, reader);
     if r.is_err() {
         let _ = fs::remove_file(&path);
     }

@@ -114,7 +114,8 @@ pub fn archive_delivered_batch(p: &Pipeline, recs: &[FileRecord]) -> Vec<(FileId
     failed
 }
 
-fn policy(p: &Pipeline, rec: &FileRecord) -> Archive {
+/// The archive policy of the file's sender (`delete` when the sender is no longer configured).
+pub(crate) fn policy(p: &Pipeline, rec: &FileRecord) -> Archive {
     p.config
         .partner(&rec.partner)
         .map(|pp| pp.archive.clone())

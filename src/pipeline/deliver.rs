@@ -25,7 +25,7 @@ use super::{Contents, Pipeline};
 use crate::config::{Endpoint, Partner};
 use crate::ledger::{DeliveryRecord, FileId, LedgerError, State};
 use crate::spool;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -60,6 +60,24 @@ pub trait Destination: Send + Sync {
     fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError>;
     /// Make names written or moved so far durable (local: fsync the folder).
     fn sync(&self) -> Result<(), DeliverError>;
+    /// Step 1 for a batch: [`put_temp`](Self::put_temp) each file, then make their contents
+    /// and names durable (as [`sync`](Self::sync) does). One result per file; a failed
+    /// `sync` fails them all. Destinations that can overlap the work override it.
+    fn put_temps(&self, files: &[(&str, &Contents)]) -> Vec<Result<u64, DeliverError>> {
+        let mut out: Vec<Result<u64, DeliverError>> = files
+            .iter()
+            .map(|(name, src)| self.put_temp(name, src))
+            .collect();
+        if out.iter().any(|r| r.is_ok())
+            && let Err(e) = self.sync()
+        {
+            let why = e.to_string();
+            for r in out.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(DeliverError::Other(why.clone()));
+            }
+        }
+        out
+    }
     /// Rename `temp_name` to `final_name`, refusing to replace an existing file.
     fn promote(&self, temp_name: &str, final_name: &str) -> Result<(), DeliverError>;
     /// Size of `name`, or `None` if absent.
@@ -88,6 +106,48 @@ impl Destination for LocalDir {
     }
     fn sync(&self) -> Result<(), DeliverError> {
         Ok(spool::fsync_dir(&self.dir)?)
+    }
+    /// All the batch's files written first, then their fsyncs and the folder's side by side
+    /// (`spool::sync_batch`): one after the other, each paid a disk flush of its own.
+    fn put_temps(&self, files: &[(&str, &Contents)]) -> Vec<Result<u64, DeliverError>> {
+        let written: Vec<Result<(spool::Written, std::fs::File), DeliverError>> = files
+            .iter()
+            .map(|(temp_name, src)| {
+                spool::discard(&self.dir.join(temp_name))?;
+                let f = src.open().map_err(|e| {
+                    DeliverError::Other(format!("cannot open {}: {e}", src.describe()))
+                })?;
+                Ok(spool::write_named_unsynced(
+                    &self.dir,
+                    temp_name,
+                    f,
+                    spool::MODE_DELIVERED,
+                )?)
+            })
+            .collect();
+        let to_sync: Vec<(&Path, &std::fs::File)> = written
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|(w, f)| (w.path.as_path(), f)))
+            .collect();
+        if to_sync.is_empty() {
+            return written
+                .into_iter()
+                .map(|r| r.map(|(w, _)| w.size))
+                .collect();
+        }
+        let (dir, synced) = spool::sync_batch(&self.dir, &to_sync);
+        let mut synced = synced.into_iter();
+        written
+            .into_iter()
+            .map(|r| {
+                let (w, _f) = r?;
+                synced.next().unwrap_or(Ok(()))?;
+                if let Err(e) = &dir {
+                    return Err(DeliverError::Spool(e.duplicate()));
+                }
+                Ok(w.size)
+            })
+            .collect()
     }
     fn promote(&self, temp_name: &str, final_name: &str) -> Result<(), DeliverError> {
         Ok(spool::link_into_place(
@@ -467,31 +527,30 @@ impl Pipeline {
         dest: &dyn Destination,
         batch: &[DeliveryRecord],
     ) -> Result<(), LedgerError> {
-        // Step 1: temporary files.
+        // Step 1: temporary files, durable (contents and names) for the whole batch at once.
         let mut written: Vec<(&DeliveryRecord, u64, String)> = Vec::new();
         let mut failed: Vec<(&DeliveryRecord, String)> = Vec::new();
+        let mut to_put: Vec<(&DeliveryRecord, crate::ledger::FileRecord, Contents)> = Vec::new();
         for d in batch {
             let Some(file) = self.ledger().get(d.file_id)? else {
                 continue;
             };
-            let contents = match self.contents_of(&file) {
-                Ok(c) => c,
-                Err(e) => {
-                    failed.push((d, e.to_string()));
-                    continue;
-                }
-            };
-            match dest.put_temp(&d.temp_name, &contents) {
-                Ok(sz) if sz == file.size => written.push((d, file.size, file.sha256)),
-                Ok(sz) => failed.push((d, format!("wrote {sz} bytes, expected {}", file.size))),
+            match self.contents_of(&file) {
+                Ok(c) => to_put.push((d, file, c)),
                 Err(e) => failed.push((d, e.to_string())),
             }
         }
-        if !written.is_empty()
-            && let Err(e) = dest.sync()
-        {
-            for (d, _, _) in written.drain(..) {
-                failed.push((d, e.to_string()));
+        let items: Vec<(&str, &Contents)> = to_put
+            .iter()
+            .map(|(d, _, c)| (d.temp_name.as_str(), c))
+            .collect();
+        let results = dest.put_temps(&items);
+        drop(items);
+        for ((d, file, _), r) in to_put.into_iter().zip(results) {
+            match r {
+                Ok(sz) if sz == file.size => written.push((d, file.size, file.sha256)),
+                Ok(sz) => failed.push((d, format!("wrote {sz} bytes, expected {}", file.size))),
+                Err(e) => failed.push((d, e.to_string())),
             }
         }
         // Step 2: record `delivering` for the batch in one commit.
@@ -546,6 +605,7 @@ impl Pipeline {
         }
         let policy = RetryPolicy::for_partner(&self.config, dp);
         let mut dead = Vec::new();
+        let mut dropped: Vec<FileId> = Vec::new();
         self.ledger().with_tx(|tx| {
             for (d, size) in &delivered_files {
                 tx.delivery_transition(
@@ -559,6 +619,20 @@ impl Pipeline {
                     ),
                     None,
                 )?;
+                // A small file kept in the ledger whose sender's policy is `delete`: its
+                // bytes go in this same commit once its last delivery is done (a commit of
+                // its own would cost one more disk flush per batch).
+                if let Some(f) = tx.get(d.file_id)?
+                    && f.state == State::Delivered
+                    && f.in_ledger()
+                    && matches!(
+                        super::archive::policy(self, &f),
+                        crate::config::Archive::Delete
+                    )
+                    && tx.drop_body(f.id)?
+                {
+                    dropped.push(f.id);
+                }
             }
             for (d, why) in &confirm_failed {
                 // Something is at the final name but not what we wrote: a human decides.
@@ -588,6 +662,13 @@ impl Pipeline {
                 d.file_id,
                 d.destination,
                 d.final_name
+            );
+        }
+        for file_id in &dropped {
+            tracing::info!(
+                event = "file.archived",
+                file_id,
+                "held copy of file {file_id} deleted after delivery"
             );
         }
         for (d, why) in failed.iter().chain(after_start_failed.iter()) {
