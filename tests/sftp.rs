@@ -466,6 +466,36 @@ fn record_named(ledger: &[serde_json::Value], name: &str) -> serde_json::Value {
 /// CLOSE, a temporary-name upload accepted at its rename, and an upload written out of order
 /// (the analysis falls back to reading back) accepted too.
 #[test]
+fn an_upload_written_to_disk_while_it_arrives_keeps_its_bytes_and_verdict() {
+    // Past 32 MiB the writer flushes in the background (sftpd::session::Flusher); the
+    // receipt, the recorded hash and the delivered bytes must not change.
+    let g = Gw::start();
+    // Five sections (each one's total must fit its 12 digits): ~35 MiB.
+    let body: Vec<u8> = (90..95)
+        .flat_map(|seed| lb_order(DEMO_BG, 90_000, seed))
+        .collect();
+    let good = sealed(&body);
+    assert!(good.len() > 34 << 20);
+    g.write("huge.txt", &good);
+    let (ok, out) = g.sftp("put -f huge.txt /upload/huge.txt\n");
+    assert!(ok, "{out}\n{}", g.log());
+    let r = record_named(&g.ledger(), "huge.txt");
+    assert_ne!(r["state"], "quarantined", "{r}");
+    assert_eq!(r["sha256"], sha(&good), "{r}");
+    assert!(wait_for(|| g.outbox().len() == 1), "{}", g.log());
+    assert_eq!(
+        fs::read(&g.outbox()[0]).unwrap(),
+        good,
+        "delivered byte-identical"
+    );
+    let log = g.log();
+    assert!(
+        log.contains("sftp.upload.flushing") && log.contains("started=true"),
+        "{log}"
+    );
+}
+
+#[test]
 fn large_uploads_analysed_as_they_arrive_get_the_same_verdicts() {
     let g = Gw::start();
     let big = |seed| sealed(&lb_order(DEMO_BG, 80_000, seed)); // ~6.4 MiB
