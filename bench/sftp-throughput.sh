@@ -145,6 +145,10 @@ client() { # client KNOWN PORT USER BATCH
 # Phases 1 and 2 run ROUNDS times, alternating sluss and OpenSSH, each sluss round on a fresh
 # data directory (the same payment files are new to it), and report the median of each side:
 # these machines are shared and one round can be off by ±15 %.
+# Between rounds, used folders are moved aside, not deleted: on ext4 without a journal (these
+# VMs) creating files right after thousands were deleted walks the deleted inodes
+# (`recently_deleted`), which would slow whichever server runs next. Deleted at the end.
+aside() { mkdir -p "$WORK/trash"; for d in "$@"; do [ -e "$d" ] && mv "$d" "$WORK/trash/$(basename "$d").$RANDOM$RANDOM"; done; return 0; }
 median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float,sys.argv[1:])):.2f}')" "$@"; }
 
 # --- phase 1: big file
@@ -178,7 +182,7 @@ for round in $(seq 1 "$ROUNDS"); do
     cmp "$WORK/big.txt" "$WORK/down/big.sluss"
     stop_sluss
     rm -f "$WORK/down/big.sluss"
-    rm -rf "$WORK/gw/var"; sync
+    aside "$WORK/gw/var"; sync
 
     start_sshd
     t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/b.up.ossh"; t1=$(now)
@@ -219,14 +223,14 @@ for round in $(seq 1 "$ROUNDS"); do
     t1=$(now); c1=$(cpu_of "$SERVE_PID")
     S_SDOWNS+=("$(echo "$FILES / ($t1 - $t0)" | bc -l)"); S_SDOWN_CPUS+=("$(echo "$c1 - $c0" | bc)")
     stop_sluss
-    rm -rf "$WORK/gw/var" "$WORK/down/s"; mkdir -p "$WORK/down/s"; sync
+    aside "$WORK/gw/var" "$WORK/down/s"; mkdir -p "$WORK/down/s"; sync
     start_sshd
     t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.up.ossh"; t1=$(now)
     O_SUPS+=("$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SUP_CPUS+=("$SSHD_CPU")
     start_sshd
     t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.down.ossh"; t1=$(now)
     O_SDOWNS+=("$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SDOWN_CPUS+=("$SSHD_CPU")
-    rm -rf "$WORK/ossh/root/small" "$WORK/down/o"; mkdir -p "$WORK/ossh/root/small" "$WORK/down/o"; sync
+    aside "$WORK/ossh/root/small" "$WORK/down/o"; mkdir -p "$WORK/ossh/root/small" "$WORK/down/o"; sync
     echo "   round $round, $FILES files: up sluss $(rate "${S_SUPS[-1]}") / OpenSSH $(rate "${O_SUPS[-1]}") files/s; down sluss $(rate "${S_SDOWNS[-1]}") / OpenSSH $(rate "${O_SDOWNS[-1]}") files/s; ledger records $ACCEPTED"
 done
 S_SUP=$(median "${S_SUPS[@]}"); S_SUP_CPU=$(median "${S_SUP_CPUS[@]}"); S_SDOWN=$(median "${S_SDOWNS[@]}"); S_SDOWN_CPU=$(median "${S_SDOWN_CPUS[@]}")
