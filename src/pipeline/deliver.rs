@@ -38,9 +38,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// taking them. Uploads arrive one by one (one SFTP client sends its files sequentially, and
 /// each is acknowledged only after its ingest commit), so without this every batch would hold
 /// a single file and pay alone for its two commits and three folder fsyncs (~0.2 ms each on a
-/// virtual disk). A few milliseconds of delivery latency buy commits and fsyncs shared by the
-/// files that arrive meanwhile. A full batch is taken at once.
-const GATHER: Duration = Duration::from_millis(20);
+/// virtual disk). 50 ms of delivery latency buy commits and fsyncs shared by the files that
+/// arrive meanwhile (measured with 2000 SFTP uploads: 20 ms left ~0.9 disk flushes per
+/// delivered file, 50 ms ~0.8; the receipts share that disk). A full batch is taken at once.
+const GATHER: Duration = Duration::from_millis(50);
 
 /// A delivery failure, with enough words to act on.
 #[derive(Debug, thiserror::Error)]
@@ -497,7 +498,7 @@ impl Pipeline {
             };
             if mine.is_empty() {
                 gathered = false;
-                self.wait_for_work(POLL);
+                self.wait_for_work_for(destination, POLL);
                 continue;
             }
             if mine.len() < BATCH && !gathered {

@@ -367,7 +367,7 @@ impl Pipeline {
         };
 
         let mut results = Vec::with_capacity(slots.len());
-        let mut any_queued = false;
+        let mut queued_for: Vec<String> = Vec::new();
         for (slot, rec) in slots.into_iter().zip(recorded) {
             match (slot, rec) {
                 (Err(e), _) => {
@@ -386,7 +386,11 @@ impl Pipeline {
                             kind,
                             destinations,
                         } => {
-                            any_queued = true;
+                            for d in destinations {
+                                if !queued_for.contains(d) {
+                                    queued_for.push(d.clone());
+                                }
+                            }
                             tracing::info!(
                                 event = "file.accepted",
                                 file_id = id,
@@ -427,8 +431,8 @@ impl Pipeline {
             }
         }
         self.log_head();
-        if any_queued {
-            self.ring();
+        if !queued_for.is_empty() {
+            self.ring_for(queued_for.iter().map(String::as_str));
         }
         Ok(results)
     }

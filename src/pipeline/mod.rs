@@ -126,7 +126,7 @@ pub struct Pipeline {
     pub config: Arc<Config>,
     pub layout: Layout,
     ledger: Mutex<Ledger>,
-    bell: (Mutex<u64>, Condvar),
+    bell: (Mutex<Bell>, Condvar),
 }
 
 impl Pipeline {
@@ -141,7 +141,7 @@ impl Pipeline {
             config,
             layout,
             ledger: Mutex::new(ledger),
-            bell: (Mutex::new(0), Condvar::new()),
+            bell: (Mutex::new(Bell::default()), Condvar::new()),
         })
     }
 
@@ -153,17 +153,51 @@ impl Pipeline {
 
     /// Wake delivery workers: something was queued.
     pub fn ring(&self) {
-        let mut n = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
-        *n = n.wrapping_add(1);
+        let mut b = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
+        b.all = b.all.wrapping_add(1);
         self.bell.1.notify_all();
     }
 
-    /// Wait until rung or `timeout` passes.
-    pub fn wait_for_work(&self, timeout: Duration) {
-        let n = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
-        let start = *n;
-        let _ = self.bell.1.wait_timeout_while(n, timeout, |n| *n == start);
+    /// Ring for the workers of these destinations only: an upload for the bank need not
+    /// wake every other destination's worker to look at the ledger (one query per receipt
+    /// each, on the receipts' two cores).
+    pub fn ring_for<'a>(&self, destinations: impl IntoIterator<Item = &'a str>) {
+        let mut b = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
+        for d in destinations {
+            let n = b.per.entry(d.to_string()).or_default();
+            *n = n.wrapping_add(1);
+        }
+        self.bell.1.notify_all();
     }
+
+    /// Wait until rung (for anyone) or `timeout` passes.
+    pub fn wait_for_work(&self, timeout: Duration) {
+        let b = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
+        let start = b.all;
+        let _ = self
+            .bell
+            .1
+            .wait_timeout_while(b, timeout, |b| b.all == start);
+    }
+
+    /// Wait until rung for everyone or for `destination`, or `timeout` passes.
+    pub fn wait_for_work_for(&self, destination: &str, timeout: Duration) {
+        let b = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = |b: &Bell| (b.all, b.per.get(destination).copied().unwrap_or(0));
+        let start = mine(&b);
+        let _ = self
+            .bell
+            .1
+            .wait_timeout_while(b, timeout, |b| mine(b) == start);
+    }
+}
+
+/// What the delivery workers wait on: a counter for work anyone may have, and one per
+/// destination partner.
+#[derive(Default)]
+struct Bell {
+    all: u64,
+    per: std::collections::HashMap<String, u64>,
 }
 
 /// A sender's file name reduced to something safe inside a name sluss makes: only
