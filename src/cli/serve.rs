@@ -343,7 +343,8 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // Pull jobs (issue 5): scheduled in their own thread and runtime; stopped below.
     let scheduler = sluss::scheduler::Scheduler::start(pipeline.clone())?;
 
-    // Multi-threaded: SFTP sessions encrypt on both cores; ingests run on blocking threads.
+    // Multi-threaded: SFTP sessions encrypt on both cores; an upload's ingest runs on its
+    // session's worker thread (`block_in_place`, which needs this runtime flavour).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
