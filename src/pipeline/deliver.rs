@@ -43,6 +43,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// delivered file, 50 ms ~0.8; the receipts share that disk). A full batch is taken at once.
 const GATHER: Duration = Duration::from_millis(50);
 
+/// From this many files in a batch, a local delivery makes them durable with one `syncfs`
+/// instead of an fsync each (see `LocalDir::put_temps`).
+const SYNCFS_FROM: usize = 4;
+
 /// A delivery failure, with enough words to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -131,6 +135,15 @@ impl Destination for LocalDir {
             .filter_map(|r| r.as_ref().ok().map(|(w, f)| (w.path.as_path(), f)))
             .collect();
         if to_sync.is_empty() {
+            return written
+                .into_iter()
+                .map(|r| r.map(|(w, _)| w.size))
+                .collect();
+        }
+        // Several files: one syncfs makes them all durable, names included (one disk flush
+        // instead of one per file; measured 0.77 flushes per delivered 4 KiB file with side-by-
+        // side fsyncs). If it fails, the per-file fsyncs say which file is affected.
+        if to_sync.len() >= SYNCFS_FROM && spool::sync_filesystem_of(&self.dir).is_ok() {
             return written
                 .into_iter()
                 .map(|r| r.map(|(w, _)| w.size))
