@@ -315,19 +315,12 @@ pub fn is_locked(path: &Path) -> bool {
 /// Create `dir/name` (which must not exist), fill it from `reader`, hashing, and fsync the
 /// file. Used for deterministic temporary names a recovery can look for (delivery temps).
 pub fn write_named<R: Read>(dir: &Path, name: &str, reader: R, mode: u32) -> Result<Written> {
-    ensure_dir(dir)?;
-    let path = dir.join(name);
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&path)
-        .map_err(|e| SpoolError::new("create", &path, e))?;
-    let r = fill(f, &path, reader);
-    if r.is_err() {
-        let _ = fs::remove_file(&path);
+    let (w, f) = write_named_unsynced(dir, name, reader, mode)?;
+    if let Err(e) = f.sync_all() {
+        let _ = fs::remove_file(&w.path);
+        return Err(SpoolError::new("fsync", &w.path, e));
     }
-    r
+    Ok(w)
 }
 
 /// [`write_named`] without the fsync: returns the open file, which the caller makes durable
