@@ -539,14 +539,6 @@ impl Pipeline {
                 (w, lock, None, None)
             }
             Body::Upload(up, analysed) => {
-                // A small upload written to a file after all (the SFTP server had no memory
-                // slot for it): keep it in the ledger like any small file. The temporary
-                // file's removal need not be durable: a crash brings back an unlocked
-                // temporary file the next start's sweep removes.
-                if let Ok(Some(data)) = spool::read_small(&up.path, &up.file, SMALL_MAX) {
-                    let _ = spool::remove_no_sync(&up.path);
-                    return self.analyse_in_memory(partner, name, data);
-                }
                 let Upload { path, file, lock } = up;
                 let (mut sha256, mut passes) = match analysed {
                     Some(a) => {
@@ -560,6 +552,14 @@ impl Pipeline {
                 // times.
                 if sha256.is_none() && passes.is_none() {
                     match spool::read_small(&path, &file, PARALLEL_READ_FROM) {
+                        // Small enough for the ledger (the SFTP server had no memory slot
+                        // for it): kept there like any small file. The temporary file's
+                        // removal need not be durable: a crash brings back an unlocked
+                        // temporary file the next start's sweep removes.
+                        Ok(Some(data)) if data.len() as u64 <= SMALL_MAX => {
+                            let _ = spool::remove_no_sync(&path);
+                            return self.analyse_in_memory(partner, name, data);
+                        }
                         Ok(Some(data)) => {
                             sha256 = Some(spool::sha256_hex(&data));
                             match passes_of_bytes(&data, &partner.seal.keys) {
@@ -587,12 +587,12 @@ impl Pipeline {
                 }
             }
         };
-        let contents = super::Contents::File(written.path.clone());
         let passes = match live {
             Some(p) => Ok(p),
             None => read_passes(&written.path, &partner.seal.keys),
         };
-        let analysis = match passes.and_then(|p| judge(p, &contents, partner)) {
+        let reread = || File::open(&written.path);
+        let analysis = match passes.and_then(|p| judge(p, reread, partner)) {
             Ok(a) => a,
             Err(e) => {
                 let _ = spool::discard(&written.path);
@@ -629,20 +629,14 @@ impl Pipeline {
         data: Vec<u8>,
     ) -> Result<Pending, IngestError> {
         let sha256 = spool::sha256_hex(&data);
-        let contents = super::Contents::Memory(data);
-        let super::Contents::Memory(data) = &contents else {
-            unreachable!("built just above")
-        };
-        let analysis = match passes_of_bytes(data, &partner.seal.keys)
-            .and_then(|p| judge(p, &contents, partner))
+        let analysis = match passes_of_bytes(&data, &partner.seal.keys)
+            .and_then(|p| judge(p, || Ok(data.as_slice()), partner))
         {
             Ok(a) => a,
             Err(e) => return Err(IngestError::Analyse { name, source: e }),
         };
         let (analysis, destinations) = self.route_checked(partner, analysis, Vec::new());
-        let super::Contents::Memory(bytes) = contents else {
-            unreachable!("built just above")
-        };
+        let bytes = data;
         Ok(Pending {
             name,
             size: bytes.len() as u64,
@@ -750,9 +744,10 @@ fn passes_of_bytes(data: &[u8], keys: &[seal::SealKey]) -> std::io::Result<Passe
 }
 
 /// Judge a file by its passes against the partner's policy: the first failed check decides.
-fn judge(
+/// `reread` gives the file's bytes again, for the one check the passes may not have made.
+fn judge<R: Read>(
     passes: Passes,
-    contents: &super::Contents,
+    reread: impl FnOnce() -> std::io::Result<R>,
     partner: &Partner,
 ) -> std::io::Result<Analysis> {
     let Passes {
@@ -801,7 +796,7 @@ fn judge(
     if refusal.is_none() && rec.sealed && partner.seal.charset != CharsetPolicy::Allow {
         let scan = match scan {
             Some(s) => s,
-            None => seal::unprotected_bytes(contents.open()?, CHARSET_EXAMPLES)?,
+            None => seal::unprotected_bytes(reread()?, CHARSET_EXAMPLES)?,
         };
         if scan.total > 0 {
             let where_ = scan
