@@ -103,10 +103,7 @@ impl Destination for LocalDir {
         format!("local:{}", self.dir.display())
     }
     fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError> {
-        spool::discard(&self.dir.join(temp_name))?;
-        let f = src
-            .open()
-            .map_err(|e| DeliverError::Other(format!("cannot open {}: {e}", src.describe())))?;
+        let f = self.replace_temp(temp_name, src)?;
         Ok(spool::write_named(&self.dir, temp_name, f, spool::MODE_DELIVERED)?.size)
     }
     fn sync(&self) -> Result<(), DeliverError> {
@@ -118,10 +115,7 @@ impl Destination for LocalDir {
         let written: Vec<Result<(spool::Written, std::fs::File), DeliverError>> = files
             .iter()
             .map(|(temp_name, src)| {
-                spool::discard(&self.dir.join(temp_name))?;
-                let f = src.open().map_err(|e| {
-                    DeliverError::Other(format!("cannot open {}: {e}", src.describe()))
-                })?;
+                let f = self.replace_temp(temp_name, src)?;
                 Ok(spool::write_named_unsynced(
                     &self.dir,
                     temp_name,
@@ -181,6 +175,19 @@ impl Destination for LocalDir {
     }
     fn remove(&self, name: &str) -> Result<(), DeliverError> {
         Ok(spool::discard(&self.dir.join(name))?)
+    }
+}
+
+impl LocalDir {
+    /// Remove a stale temporary file `temp_name` and open `src` for writing it anew.
+    fn replace_temp<'c>(
+        &self,
+        temp_name: &str,
+        src: &'c Contents,
+    ) -> Result<Box<dyn std::io::Read + Send + 'c>, DeliverError> {
+        spool::discard(&self.dir.join(temp_name))?;
+        src.open()
+            .map_err(|e| DeliverError::Other(format!("cannot open {}: {e}", src.describe())))
     }
 }
 
@@ -707,7 +714,12 @@ impl Pipeline {
         if !delivered_files.is_empty() || !dead.is_empty() {
             self.log_head();
         }
-        let ids: Vec<FileId> = delivered_files.iter().map(|(d, _)| d.file_id).collect();
+        // Files whose copy went in the commit above are archived already.
+        let ids: Vec<FileId> = delivered_files
+            .iter()
+            .map(|(d, _)| d.file_id)
+            .filter(|id| !dropped.contains(id))
+            .collect();
         self.after_delivered(&ids);
         Ok(())
     }

@@ -38,6 +38,7 @@ pub use ingest::{Body, Incoming, IngestError, Outcome, SMALL_MAX, Upload};
 
 /// A file's bytes as the pipeline holds them: a spool file, or a small file's bytes in memory
 /// (kept in the ledger until delivered).
+#[derive(Clone)]
 pub enum Contents {
     File(PathBuf),
     Memory(Vec<u8>),

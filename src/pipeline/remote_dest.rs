@@ -162,12 +162,8 @@ impl Destination for RemoteDir {
                 let size = src.size().map_err(|e| {
                     DeliverError::Other(format!("cannot read {}: {e}", src.describe()))
                 })?;
-                let staged = match src {
-                    Contents::File(p) => Contents::File(p.clone()),
-                    Contents::Memory(b) => Contents::Memory(b.clone()),
-                };
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                st.staged.insert(temp_name.to_string(), staged);
+                st.staged.insert(temp_name.to_string(), src.clone());
                 Ok(size)
             }
             UploadMode::Rename => {
