@@ -1119,29 +1119,15 @@ impl Tx<'_> {
         let since = normalize_rfc3339("since", since_rfc3339)?;
         let sha256 = sha256.to_ascii_lowercase();
         let payload = payload_sha256.to_ascii_lowercase();
-        // One fixed SQL text per probe, so each is prepared once (statement cache).
-        macro_rules! probe_sql {
-            ($column:literal) => {
-                concat!(
-                    "SELECT id FROM files WHERE partner = ?1 AND ",
-                    $column,
-                    " = ?2 AND accepted_at IS NOT NULL AND received_at >= ?3 ORDER BY id LIMIT 1"
-                )
-            };
-        }
         let probes: [(&str, Option<&str>, DuplicateKind); 3] = [
+            (DUPLICATE_PROBES[0], Some(&sha256), DuplicateKind::SameBytes),
             (
-                probe_sql!("sha256"),
-                Some(&sha256),
-                DuplicateKind::SameBytes,
-            ),
-            (
-                probe_sql!("payload_sha256"),
+                DUPLICATE_PROBES[1],
                 Some(&payload),
                 DuplicateKind::SamePayload,
             ),
             (
-                probe_sql!("message_id"),
+                DUPLICATE_PROBES[2],
                 message_id,
                 DuplicateKind::SameMessageId,
             ),
@@ -1717,6 +1703,24 @@ const SQL_DUE_DELIVERIES: &str = concat!(
     " FROM deliveries WHERE state = 'queued' AND next_attempt_at <= ?1 \
      ORDER BY next_attempt_at, id LIMIT ?2"
 );
+
+/// The duplicate probes of [`Tx::find_duplicate`], in the order they are tried: same bytes,
+/// same payload, same message id. One fixed SQL text each, so each is prepared once and then
+/// taken from the statement cache.
+macro_rules! duplicate_probe {
+    ($column:literal) => {
+        concat!(
+            "SELECT id FROM files WHERE partner = ?1 AND ",
+            $column,
+            " = ?2 AND accepted_at IS NOT NULL AND received_at >= ?3 ORDER BY id LIMIT 1"
+        )
+    };
+}
+pub(crate) const DUPLICATE_PROBES: [&str; 3] = [
+    duplicate_probe!("sha256"),
+    duplicate_probe!("payload_sha256"),
+    duplicate_probe!("message_id"),
+];
 
 /// `Connection::execute` through the statement cache.
 fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {

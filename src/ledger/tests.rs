@@ -1206,6 +1206,43 @@ fn duplicates_by_bytes_payload_and_message_id_within_the_window() {
     );
 }
 
+/// The probes run on every ingest. SQLite re-prepares a statement from its SQL text each time
+/// a bound value could change the query plan (here: the partial index on `message_id`) unless
+/// the query planner is told to keep its plans (`SQLITE_DBCONFIG_ENABLE_QPSG`). Re-parsing
+/// cost a sixth of the ingest transaction's CPU; this keeps it from coming back.
+#[test]
+fn duplicate_probes_are_prepared_once_whatever_values_they_are_given() {
+    let (_dir, _path, mut ledger) = fresh();
+    let mut original = spec("in/1", 'a', 'b');
+    original.msgid = Some("MSG-1");
+    accepted(&mut ledger, &original);
+    for (i, (sha, payload)) in [('c', 'd'), ('e', 'f'), ('a', 'b'), ('1', '2')]
+        .into_iter()
+        .enumerate()
+    {
+        let msg = format!("MSG-{i}");
+        ledger
+            .with_tx(|tx| {
+                tx.find_duplicate(
+                    "acme",
+                    &hex64(sha),
+                    &hex64(payload),
+                    Some(&msg),
+                    "2000-01-01T00:00:00Z",
+                )
+            })
+            .unwrap();
+    }
+    for sql in super::DUPLICATE_PROBES {
+        let stmt = ledger.conn.prepare_cached(sql).unwrap();
+        assert_eq!(
+            stmt.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "re-prepared on new values: {sql}"
+        );
+    }
+}
+
 #[test]
 fn a_file_quarantined_for_a_bad_seal_is_not_an_original() {
     let (_dir, _path, mut ledger) = fresh();
