@@ -103,8 +103,10 @@ impl Destination for LocalDir {
         format!("local:{}", self.dir.display())
     }
     fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError> {
-        let f = self.replace_temp(temp_name, src)?;
-        Ok(spool::write_named(&self.dir, temp_name, f, spool::MODE_DELIVERED)?.size)
+        let w = self.write_temp(temp_name, src, |dir, name, r, mode| {
+            spool::write_named(dir, name, r, mode)
+        })?;
+        Ok(w.size)
     }
     fn sync(&self) -> Result<(), DeliverError> {
         Ok(spool::fsync_dir(&self.dir)?)
@@ -114,15 +116,7 @@ impl Destination for LocalDir {
     fn put_temps(&self, files: &[(&str, &Contents)]) -> Vec<Result<u64, DeliverError>> {
         let written: Vec<Result<(spool::Written, std::fs::File), DeliverError>> = files
             .iter()
-            .map(|(temp_name, src)| {
-                let f = self.replace_temp(temp_name, src)?;
-                Ok(spool::write_named_unsynced(
-                    &self.dir,
-                    temp_name,
-                    f,
-                    spool::MODE_DELIVERED,
-                )?)
-            })
+            .map(|(temp_name, src)| self.write_temp(temp_name, src, spool::write_named_unsynced))
             .collect();
         let to_sync: Vec<(&Path, &std::fs::File)> = written
             .iter()
@@ -158,7 +152,7 @@ impl Destination for LocalDir {
             .collect()
     }
     fn promote(&self, temp_name: &str, final_name: &str) -> Result<(), DeliverError> {
-        Ok(spool::link_into_place(
+        Ok(spool::move_into_place(
             &self.dir.join(temp_name),
             &self.dir.join(final_name),
         )?)
@@ -179,15 +173,34 @@ impl Destination for LocalDir {
 }
 
 impl LocalDir {
-    /// Remove a stale temporary file `temp_name` and open `src` for writing it anew.
-    fn replace_temp<'c>(
+    /// Write `src` under `temp_name` with `write` (a `spool::write_named*`). A temporary file
+    /// of that name is a crashed attempt's, never promoted: it is removed and the write tried
+    /// once more. (Removing first, always, cost a failed `unlink` per delivered file.)
+    // The named lifetime ties the reader to `src`; elided, `write` would have to accept
+    // readers of any lifetime, which the spool functions (generic over the reader) do not.
+    #[allow(clippy::needless_lifetimes)]
+    fn write_temp<'c, T>(
         &self,
         temp_name: &str,
         src: &'c Contents,
-    ) -> Result<Box<dyn std::io::Read + Send + 'c>, DeliverError> {
-        spool::discard(&self.dir.join(temp_name))?;
-        src.open()
-            .map_err(|e| DeliverError::Other(format!("cannot open {}: {e}", src.describe())))
+        write: impl Fn(
+            &Path,
+            &str,
+            Box<dyn std::io::Read + Send + 'c>,
+            u32,
+        ) -> Result<T, spool::SpoolError>,
+    ) -> Result<T, DeliverError> {
+        let open = || {
+            src.open()
+                .map_err(|e| DeliverError::Other(format!("cannot open {}: {e}", src.describe())))
+        };
+        match write(&self.dir, temp_name, open()?, spool::MODE_DELIVERED) {
+            Err(e) if e.is_already_exists() => {
+                spool::discard(&self.dir.join(temp_name))?;
+                Ok(write(&self.dir, temp_name, open()?, spool::MODE_DELIVERED)?)
+            }
+            r => Ok(r?),
+        }
     }
 }
 
@@ -942,6 +955,34 @@ mod tests {
             stop.store(true, Ordering::Relaxed);
             p.ring();
         });
+    }
+
+    /// A crashed attempt's temporary file (never promoted, so nobody has it) is replaced by
+    /// the next attempt, alone or in a batch, and never reaches a final name.
+    #[test]
+    fn a_crashed_attempts_temporary_file_is_replaced() {
+        for files in [1u32, 5] {
+            let (_dir, p, outbox) = pipeline();
+            let queued: Vec<(FileId, Vec<u8>)> = (0..files)
+                .map(|n| {
+                    let bytes = format!("payment order {n}\r\n").into_bytes();
+                    (queue(&p, n, &bytes).0, bytes)
+                })
+                .collect();
+            let batch = p.due_for("bank").unwrap();
+            for d in &batch {
+                std::fs::write(outbox.join(&d.temp_name), b"half-written garbage").unwrap();
+            }
+            let dp = p.config.partner("bank").unwrap();
+            p.deliver_batch(dp, destination_of(dp).as_ref(), &batch)
+                .unwrap();
+            for (d, (id, bytes)) in batch.iter().zip(&queued) {
+                assert_eq!(state(&p, *id), State::Delivered, "{files} file(s)");
+                assert_eq!(&std::fs::read(outbox.join(&d.final_name)).unwrap(), bytes);
+                assert!(!outbox.join(&d.temp_name).exists());
+            }
+            assert_eq!(std::fs::read_dir(&outbox).unwrap().count(), files as usize);
+        }
     }
 
     #[test]
