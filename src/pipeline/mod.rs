@@ -157,6 +157,9 @@ impl Pipeline {
         let mut b = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
         b.all = b.all.wrapping_add(1);
         self.bell.1.notify_all();
+        for (_, cv) in b.per.values() {
+            cv.notify_all();
+        }
     }
 
     /// Ring for the workers of these destinations only: an upload for the bank need not
@@ -165,10 +168,12 @@ impl Pipeline {
     pub fn ring_for<'a>(&self, destinations: impl IntoIterator<Item = &'a str>) {
         let mut b = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
         for d in destinations {
-            let n = b.per.entry(d.to_string()).or_default();
+            let (n, cv) = b.per.entry(d.to_string()).or_default();
             *n = n.wrapping_add(1);
+            // Only this destination's worker: a shared condition variable woke every worker
+            // on every receipt (about two needless thread wake-ups per uploaded file).
+            cv.notify_all();
         }
-        self.bell.1.notify_all();
     }
 
     /// Wait until rung (for anyone) or `timeout` passes.
@@ -183,22 +188,21 @@ impl Pipeline {
 
     /// Wait until rung for everyone or for `destination`, or `timeout` passes.
     pub fn wait_for_work_for(&self, destination: &str, timeout: Duration) {
-        let b = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = |b: &Bell| (b.all, b.per.get(destination).copied().unwrap_or(0));
+        let mut b = self.bell.0.lock().unwrap_or_else(|p| p.into_inner());
+        let cv = std::sync::Arc::clone(&b.per.entry(destination.to_string()).or_default().1);
+        let mine = |b: &Bell| (b.all, b.per.get(destination).map_or(0, |(n, _)| *n));
         let start = mine(&b);
-        let _ = self
-            .bell
-            .1
-            .wait_timeout_while(b, timeout, |b| mine(b) == start);
+        let _ = cv.wait_timeout_while(b, timeout, |b| mine(b) == start);
     }
 }
 
-/// What the delivery workers wait on: a counter for work anyone may have, and one per
-/// destination partner.
+/// What the delivery workers wait on: a counter for work anyone may have (its condition
+/// variable is the pair's), and per destination partner a counter with a condition variable
+/// of its own, used with the same mutex.
 #[derive(Default)]
 struct Bell {
     all: u64,
-    per: std::collections::HashMap<String, u64>,
+    per: std::collections::HashMap<String, (u64, std::sync::Arc<Condvar>)>,
 }
 
 /// A sender's file name reduced to something safe inside a name sluss makes: only
