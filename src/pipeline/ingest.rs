@@ -439,11 +439,11 @@ impl Pipeline {
 
     /// Log the audit chain's head: a copy outside the database (see `verify-audit --head`).
     pub fn log_head(&self) {
-        let head = self.ledger().head();
-        match head {
-            Ok(h) => tracing::info!(event = "audit.head", head = %h, "ledger audit head {h}"),
-            Err(e) => tracing::warn!("could not read the ledger audit head: {e}"),
-        }
+        // The head this process's last commit left: no query (this ran once per receipt,
+        // taking the ledger lock a second time). Another process's later commits (an
+        // operator's `sluss ledger` command) are logged by the next change made here.
+        let h = self.ledger().last_head().clone();
+        tracing::info!(event = "audit.head", head = %h, "ledger audit head {h}");
     }
 
     /// A human-readable note in the customer's download folder (its SFTP `/download`): the
