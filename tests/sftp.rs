@@ -320,6 +320,25 @@ def attempt(label, f):
             .unwrap_or_default()
     }
 
+    /// Waits until `spool/incoming` is empty: no partial upload left behind.
+    fn assert_no_partial_data(&self) {
+        assert!(
+            wait_for(|| self.incoming_temps().is_empty()),
+            "partial data left: {:?}",
+            self.incoming_temps()
+        );
+    }
+
+    /// Waits until the log counts `n` abandoned uploads and no partial data is left.
+    fn assert_abandoned(&self, n: usize) {
+        assert!(
+            wait_for(|| self.log().matches("sftp.upload.abandoned").count() == n),
+            "expected {n} abandoned uploads: {}",
+            self.log()
+        );
+        self.assert_no_partial_data();
+    }
+
     fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let p = self.path().join(name);
         fs::write(&p, bytes).unwrap();
@@ -763,16 +782,7 @@ print('CUT')
         &[],
     );
     assert!(out.contains("CUT"), "{out}");
-    assert!(
-        wait_for(|| g.log().matches("sftp.upload.abandoned").count() == 3),
-        "{}",
-        g.log()
-    );
-    assert!(
-        wait_for(|| g.incoming_temps().is_empty()),
-        "partial data removed: {:?}",
-        g.incoming_temps()
-    );
+    g.assert_abandoned(3);
     assert!(g.ledger().is_empty(), "nothing ingested");
     // Nothing else affected: the next uploads work, a large one analysed as it arrives.
     g.write("after.txt", &good_order(30));
@@ -1064,11 +1074,7 @@ attempt('small', lambda: s.put('small.txt', '/upload/small.txt').st_size)
     assert!(ok, "{df}");
     assert!(df.contains(" 1024 "), "statvfs shows the 1 MiB quota: {df}");
     assert!(g.log().contains("too many sessions"), "{}", g.log());
-    assert!(
-        wait_for(|| g.incoming_temps().is_empty()),
-        "{:?}",
-        g.incoming_temps()
-    );
+    g.assert_no_partial_data();
     assert_eq!(g.ledger().len(), 1);
 }
 
@@ -1236,11 +1242,7 @@ attempt('bad', lambda: s.put('bad.txt', '/upload/bad.txt'))
     for (name, body) in &files[..4] {
         assert!(delivered.contains(body), "{name} delivered byte-identical");
     }
-    assert!(
-        wait_for(|| g.incoming_temps().is_empty()),
-        "{:?}",
-        g.incoming_temps()
-    );
+    g.assert_no_partial_data();
 }
 
 /// A small upload closed under a temporary name stays in memory (nothing in spool/incoming)
@@ -1358,16 +1360,7 @@ print('CUT')
         out.contains("BIG 1") && out.contains("CUT-OPEN 1"),
         "only the upload past SMALL_MAX is a file: {out}"
     );
-    assert!(
-        wait_for(|| g.log().matches("sftp.upload.abandoned").count() == 2),
-        "{}",
-        g.log()
-    );
-    assert!(
-        wait_for(|| g.incoming_temps().is_empty()),
-        "{:?}",
-        g.incoming_temps()
-    );
+    g.assert_abandoned(2);
     let l = g.ledger();
     assert_eq!(l.len(), 15, "{l:?}");
     assert!(l.iter().all(|r| r["state"] != "quarantined"), "{l:?}");
@@ -1417,16 +1410,7 @@ print('CUT')
         out.contains("OVER 1"),
         "the 257th upload is a spool file: {out}"
     );
-    assert!(
-        wait_for(|| g.log().matches("sftp.upload.abandoned").count() == 257),
-        "{}",
-        g.log()
-    );
-    assert!(
-        wait_for(|| g.incoming_temps().is_empty()),
-        "{:?}",
-        g.incoming_temps()
-    );
+    g.assert_abandoned(257);
     let out = g.paramiko(
         r#"
 INC = os.environ['INCOMING']
