@@ -149,6 +149,10 @@ client() { # client KNOWN PORT USER BATCH
 # VMs) creating files right after thousands were deleted walks the deleted inodes
 # (`recently_deleted`), which would slow whichever server runs next. Deleted at the end.
 aside() { mkdir -p "$WORK/trash"; for d in "$@"; do [ -e "$d" ] && mv "$d" "$WORK/trash/$(basename "$d").$RANDOM$RANDOM"; done; return 0; }
+# Before every timed upload, the client's source files are read once so that they come from
+# the page cache for both servers: the VM's host pages out cold page cache (DAMON), and the
+# first server of a phase would otherwise pay for reading the sources from disk.
+warm() { cat "$@" > /dev/null; }
 median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float,sys.argv[1:])):.2f}')" "$@"; }
 
 # --- phase 1: big file
@@ -163,12 +167,14 @@ echo "put -f $WORK/big.txt /upload/big.txt.part" > "$WORK/b.up.sluss.part"
 S_UPS=(); S_UP_CPUS=(); S_DOWNS=(); S_DOWN_CPUS=(); O_UPS=(); O_UP_CPUS=(); O_DOWNS=(); O_DOWN_CPUS=()
 for round in $(seq 1 "$ROUNDS"); do
     start_sluss
+    warm "$WORK/big.txt"
     c0=$(cpu_of "$SERVE_PID"); t0=$(now)
     client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/b.up.sluss"
     t1=$(now); c1=$(cpu_of "$SERVE_PID")
     S_UPS+=("$(echo "$t1 - $t0" | bc)"); S_UP_CPUS+=("$(echo "$c1 - $c0" | bc)")
     wait_delivered 1
     if [ "$round" = 1 ]; then
+        warm "$WORK/big.txt"
         c0=$(cpu_of "$SERVE_PID"); t0=$(now)
         client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/b.up.sluss.part"
         t1=$(now); c1=$(cpu_of "$SERVE_PID")
@@ -185,6 +191,7 @@ for round in $(seq 1 "$ROUNDS"); do
     aside "$WORK/gw/var"; sync
 
     start_sshd
+    warm "$WORK/big.txt"
     t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/b.up.ossh"; t1=$(now)
     O_UPS+=("$(echo "$t1 - $t0" | bc)"); stop_sshd; O_UP_CPUS+=("$SSHD_CPU")
     mv "$WORK/ossh/root/big.txt" "$WORK/ossh/root/big.dat"; sync
@@ -211,6 +218,7 @@ done
 S_SUPS=(); S_SUP_CPUS=(); S_SDOWNS=(); S_SDOWN_CPUS=(); O_SUPS=(); O_SUP_CPUS=(); O_SDOWNS=(); O_SDOWN_CPUS=()
 for round in $(seq 1 "$ROUNDS"); do
     start_sluss
+    warm "$WORK"/small/*.txt
     c0=$(cpu_of "$SERVE_PID"); t0=$(now)
     client "$WORK/known_sluss" "$SLUSS_PORT" demo "$WORK/s.up.sluss"
     t1=$(now); c1=$(cpu_of "$SERVE_PID")
@@ -225,6 +233,7 @@ for round in $(seq 1 "$ROUNDS"); do
     stop_sluss
     aside "$WORK/gw/var" "$WORK/down/s"; mkdir -p "$WORK/down/s"; sync
     start_sshd
+    warm "$WORK"/small/*.txt
     t0=$(now); client "$WORK/known_ossh" "$OSSH_PORT" "$(id -un)" "$WORK/s.up.ossh"; t1=$(now)
     O_SUPS+=("$(echo "$FILES / ($t1 - $t0)" | bc -l)"); stop_sshd; O_SUP_CPUS+=("$SSHD_CPU")
     start_sshd
