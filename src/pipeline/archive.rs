@@ -6,7 +6,7 @@
 //! stolen server does not leak archived payments) for `retention_days`, then deletes it.
 //! Quarantined and held files are never archived or deleted here: they wait for an operator.
 
-use super::{Contents, Pipeline};
+use super::{Contents, Pipeline, PipelineError};
 use crate::config::Archive;
 use crate::ledger::{FileId, FileRecord};
 use crate::spool;
@@ -135,18 +135,12 @@ enum Removal {
 /// Archives one held copy (durably, for `age`) and, for a spooled copy, unlinks it WITHOUT
 /// making the removal durable; the caller finishes the removal (see [`Removal`]).
 fn archive_copy(p: &Pipeline, rec: &FileRecord) -> Result<Removal, ArchiveError> {
-    let contents = if rec.in_ledger() {
-        match p.ledger().body(rec.id) {
-            Ok(Some(b)) => Contents::Memory(b),
-            Ok(None) => return Ok(Removal::AlreadyGone),
-            Err(e) => return Err(ArchiveError::Ledger(e.to_string())),
-        }
-    } else {
-        let spooled = PathBuf::from(&rec.spool_path);
-        if spool::size_of(&spooled)?.is_none() {
-            return Ok(Removal::AlreadyGone); // already archived (e.g. recovery after a crash)
-        }
-        Contents::File(spooled)
+    let contents = match p.held_copy(rec) {
+        Ok(Some(c)) => c,
+        // Already archived (e.g. recovery after a crash).
+        Ok(None) => return Ok(Removal::AlreadyGone),
+        Err(PipelineError::Spool(e)) => return Err(e.into()),
+        Err(e) => return Err(ArchiveError::Ledger(e.to_string())),
     };
     match &policy(p, rec) {
         Archive::Delete => {}

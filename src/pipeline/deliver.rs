@@ -957,6 +957,27 @@ mod tests {
         });
     }
 
+    /// A queued file whose spooled copy is gone (a disk fault, an operator's mistake) is not
+    /// delivered; the delivery says why and is retried, and nothing reaches the bank folder.
+    #[test]
+    fn a_missing_spooled_copy_is_reported_not_delivered() {
+        let (_dir, p, outbox) = pipeline();
+        let (id, spooled) = queue(&p, 1, b"lost payment order\r\n");
+        std::fs::remove_file(&spooled).unwrap();
+        let batch = p.due_for("bank").unwrap();
+        let dp = p.config.partner("bank").unwrap();
+        p.deliver_batch(dp, destination_of(dp).as_ref(), &batch)
+            .unwrap();
+        let d = &p.ledger().deliveries(id).unwrap()[0];
+        assert_eq!(d.state, State::Queued, "{d:?}");
+        let why = d.last_error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("is no longer held") && why.contains(&*spooled.to_string_lossy()),
+            "{why}"
+        );
+        assert_eq!(std::fs::read_dir(&outbox).unwrap().count(), 0);
+    }
+
     /// A crashed attempt's temporary file (never promoted, so nobody has it) is replaced by
     /// the next attempt, alone or in a batch, and never reaches a final name.
     #[test]

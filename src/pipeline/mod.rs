@@ -231,19 +231,36 @@ pub fn os_user() -> String {
 }
 
 impl Pipeline {
-    /// The held copy of a recorded file (spool file or ledger copy), until it is archived.
+    /// The held copy of a recorded file (its spool file or its copy kept in the ledger), or
+    /// `None` once it is gone: archived, or (for a spool file) missing.
+    pub fn held_copy(
+        &self,
+        rec: &crate::ledger::FileRecord,
+    ) -> Result<Option<Contents>, PipelineError> {
+        if rec.in_ledger() {
+            return Ok(self.ledger().body(rec.id)?.map(Contents::Memory));
+        }
+        let path = PathBuf::from(&rec.spool_path);
+        Ok(crate::spool::size_of(&path)?.map(|_| Contents::File(path)))
+    }
+
+    /// The held copy of a recorded file, which must still be there (to deliver, route or
+    /// export it).
     pub fn contents_of(&self, rec: &crate::ledger::FileRecord) -> Result<Contents, PipelineError> {
-        if !rec.in_ledger() {
-            return Ok(Contents::File(PathBuf::from(&rec.spool_path)));
-        }
-        match self.ledger().body(rec.id)? {
-            Some(b) => Ok(Contents::Memory(b)),
-            None => Err(PipelineError::Other(format!(
-                "file {} is no longer held: its copy kept in the ledger was removed when it was \
-                 archived",
-                rec.id
-            ))),
-        }
+        self.held_copy(rec)?.ok_or_else(|| {
+            PipelineError::Other(if rec.in_ledger() {
+                format!(
+                    "file {} is no longer held: its copy kept in the ledger was removed when it \
+                     was archived",
+                    rec.id
+                )
+            } else {
+                format!(
+                    "file {} is no longer held: its spooled copy {} is missing",
+                    rec.id, rec.spool_path
+                )
+            })
+        })
     }
 
     /// After a crash: spooled files with no ledger record were never acknowledged (their
