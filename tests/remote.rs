@@ -972,7 +972,10 @@ fn destination_protocol(
             &sluss::pipeline::Contents::Memory(bytes.clone())
         )
         .unwrap(),
-        bytes.len() as u64
+        sluss::pipeline::deliver::Put {
+            size: bytes.len() as u64,
+            sha256: None
+        }
     );
     dest.sync().unwrap();
     // A direct upload writes nothing before promotion.

@@ -56,20 +56,30 @@ pub enum DeliverError {
     Other(String),
 }
 
+/// What a destination says it received for a temporary file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Put {
+    /// Its size as the destination reports it.
+    pub size: u64,
+    /// SHA-256 (lower-case hex) of the bytes written, where they passed through sluss's
+    /// hands on the way (a local copy); `None` where they did not (remote servers).
+    pub sha256: Option<String>,
+}
+
 /// What a destination must offer for exactly-once delivery. Local folders implement it now;
 /// remote SFTP/FTPS endpoints implement the same operations.
 pub trait Destination: Send + Sync {
     /// For logs and the ledger: `local:/srv/bank/outbox`, `sftp://host/dir`, …
     fn describe(&self) -> String;
     /// Write `src` under `temp_name`, replacing a stale temporary file of that name.
-    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError>;
+    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<Put, DeliverError>;
     /// Make names written or moved so far durable (local: fsync the folder).
     fn sync(&self) -> Result<(), DeliverError>;
     /// Step 1 for a batch: [`put_temp`](Self::put_temp) each file, then make their contents
     /// and names durable (as [`sync`](Self::sync) does). One result per file; a failed
     /// `sync` fails them all. Destinations that can overlap the work override it.
-    fn put_temps(&self, files: &[(&str, &Contents)]) -> Vec<Result<u64, DeliverError>> {
-        let mut out: Vec<Result<u64, DeliverError>> = files
+    fn put_temps(&self, files: &[(&str, &Contents)]) -> Vec<Result<Put, DeliverError>> {
+        let mut out: Vec<Result<Put, DeliverError>> = files
             .iter()
             .map(|(name, src)| self.put_temp(name, src))
             .collect();
@@ -102,18 +112,18 @@ impl Destination for LocalDir {
     fn describe(&self) -> String {
         format!("local:{}", self.dir.display())
     }
-    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError> {
+    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<Put, DeliverError> {
         let w = self.write_temp(temp_name, src, |dir, name, r, mode| {
             spool::write_named(dir, name, r, mode)
         })?;
-        Ok(w.size)
+        Ok(put_of(&w))
     }
     fn sync(&self) -> Result<(), DeliverError> {
         Ok(spool::fsync_dir(&self.dir)?)
     }
     /// All the batch's files written first, then their fsyncs and the folder's side by side
     /// (`spool::sync_batch`): one after the other, each paid a disk flush of its own.
-    fn put_temps(&self, files: &[(&str, &Contents)]) -> Vec<Result<u64, DeliverError>> {
+    fn put_temps(&self, files: &[(&str, &Contents)]) -> Vec<Result<Put, DeliverError>> {
         let written: Vec<Result<(spool::Written, std::fs::File), DeliverError>> = files
             .iter()
             .map(|(temp_name, src)| self.write_temp(temp_name, src, spool::write_named_unsynced))
@@ -125,7 +135,7 @@ impl Destination for LocalDir {
         if to_sync.is_empty() {
             return written
                 .into_iter()
-                .map(|r| r.map(|(w, _)| w.size))
+                .map(|r| r.map(|(w, _)| put_of(&w)))
                 .collect();
         }
         // Several files: one syncfs makes them all durable, names included (one disk flush
@@ -134,7 +144,7 @@ impl Destination for LocalDir {
         if to_sync.len() >= SYNCFS_FROM && spool::sync_filesystem_of(&self.dir).is_ok() {
             return written
                 .into_iter()
-                .map(|r| r.map(|(w, _)| w.size))
+                .map(|r| r.map(|(w, _)| put_of(&w)))
                 .collect();
         }
         let (dir, synced) = spool::sync_batch(&self.dir, &to_sync);
@@ -147,7 +157,7 @@ impl Destination for LocalDir {
                 if let Err(e) = &dir {
                     return Err(DeliverError::Spool(e.duplicate()));
                 }
-                Ok(w.size)
+                Ok(put_of(&w))
             })
             .collect()
     }
@@ -169,6 +179,14 @@ impl Destination for LocalDir {
     }
     fn remove(&self, name: &str) -> Result<(), DeliverError> {
         Ok(spool::discard(&self.dir.join(name))?)
+    }
+}
+
+/// A local copy's size and the SHA-256 of the bytes it was written from.
+fn put_of(w: &spool::Written) -> Put {
+    Put {
+        size: w.size,
+        sha256: Some(w.sha256.clone()),
     }
 }
 
@@ -202,6 +220,15 @@ impl LocalDir {
             r => Ok(r?),
         }
     }
+}
+
+/// Why a held copy that does not match its ledger record is not delivered.
+fn damaged(file: &crate::ledger::FileRecord, sha256: &str) -> String {
+    format!(
+        "the held copy of file {} does not match the ledger (SHA-256 {sha256}, recorded {}): it \
+         was damaged or replaced after its receipt, so it is not sent (see docs/operations.md)",
+        file.id, file.sha256
+    )
 }
 
 /// The destination object for a partner's configured delivery endpoint.
@@ -570,6 +597,15 @@ impl Pipeline {
                 continue;
             };
             match self.contents_of(&file) {
+                // A copy kept in the ledger is checked here, whatever the destination (a
+                // remote upload does not hash what it sends); a spooled copy is checked as a
+                // local copy is written, by its `Put`.
+                Ok(Contents::Memory(b))
+                    if !spool::sha256_hex(&b).eq_ignore_ascii_case(&file.sha256) =>
+                {
+                    let sha = spool::sha256_hex(&b);
+                    failed.push((d, damaged(&file, &sha)));
+                }
                 Ok(c) => to_put.push((d, file, c)),
                 Err(e) => failed.push((d, e.to_string())),
             }
@@ -582,8 +618,20 @@ impl Pipeline {
         drop(items);
         for ((d, file, _), r) in to_put.into_iter().zip(results) {
             match r {
-                Ok(sz) if sz == file.size => written.push((d, file.size, file.sha256)),
-                Ok(sz) => failed.push((d, format!("wrote {sz} bytes, expected {}", file.size))),
+                Ok(p) if p.size != file.size => {
+                    failed.push((d, format!("wrote {} bytes, expected {}", p.size, file.size)))
+                }
+                Ok(Put {
+                    sha256: Some(sha), ..
+                }) if !sha.eq_ignore_ascii_case(&file.sha256) => {
+                    // The held copy is not the file that was received and checked: never
+                    // hand it over. Its temporary file goes; retries end in `held`.
+                    if let Err(e) = dest.remove(&d.temp_name) {
+                        tracing::warn!("could not remove {}: {e}", d.temp_name);
+                    }
+                    failed.push((d, damaged(&file, &sha)));
+                }
+                Ok(_) => written.push((d, file.size, file.sha256)),
                 Err(e) => failed.push((d, e.to_string())),
             }
         }
@@ -908,8 +956,26 @@ mod tests {
     fn queue(p: &Pipeline, n: u32, bytes: &[u8]) -> (FileId, PathBuf) {
         let spooled = p.layout.files().join(format!("f{n}"));
         std::fs::write(&spooled, bytes).unwrap();
-        let sha = spool::sha256_file(&spooled).unwrap();
-        let spool_path = spooled.to_string_lossy().into_owned();
+        (
+            queue_held(p, n, bytes, &spooled.to_string_lossy(), None),
+            spooled,
+        )
+    }
+
+    /// Keeps `bytes` in the ledger (as a small upload is) and queues one delivery of it.
+    fn queue_in_ledger(p: &Pipeline, n: u32, bytes: &[u8]) -> FileId {
+        let spool_path = format!("{}test-{n}", crate::ledger::IN_LEDGER);
+        queue_held(p, n, bytes, &spool_path, Some(bytes))
+    }
+
+    fn queue_held(
+        p: &Pipeline,
+        n: u32,
+        bytes: &[u8],
+        spool_path: &str,
+        body: Option<&[u8]>,
+    ) -> FileId {
+        let sha = spool::sha256_hex(bytes);
         let id = p
             .ledger()
             .with_tx(|tx| {
@@ -925,8 +991,8 @@ mod tests {
                     message_id: None,
                     seal_verdict: "valid",
                     seal_kvv: None,
-                    spool_path: &spool_path,
-                    body: None,
+                    spool_path,
+                    body,
                 })?;
                 tx.transition(id, State::Queued, "file.queued", "checks passed", None)?;
                 let name = format!("out{n}.dat");
@@ -935,7 +1001,7 @@ mod tests {
             })
             .unwrap();
         p.ring();
-        (id, spooled)
+        id
     }
 
     fn state(p: &Pipeline, id: FileId) -> State {
@@ -976,6 +1042,41 @@ mod tests {
             "{why}"
         );
         assert_eq!(std::fs::read_dir(&outbox).unwrap().count(), 0);
+    }
+
+    /// A held copy that is no longer the file received and checked (same size, other bytes:
+    /// a disk fault, someone editing the spool or the ledger) is never handed over, whether
+    /// spooled or kept in the ledger; the delivery says why and nothing reaches the folder.
+    #[test]
+    fn a_held_copy_that_no_longer_matches_its_record_is_not_delivered() {
+        let (_dir, p, outbox) = pipeline();
+        let (spooled_id, spooled) = queue(&p, 1, b"pay 100 SEK to 5050-1055\r\n");
+        std::fs::write(&spooled, b"pay 900 SEK to 5050-1055\r\n").unwrap();
+        let kept_id = queue_in_ledger(&p, 2, b"pay 200 SEK to 5050-1055\r\n");
+        rusqlite::Connection::open(p.layout.ledger())
+            .unwrap()
+            .execute(
+                "UPDATE bodies SET bytes = CAST('pay 800 SEK to 5050-1055' || char(13, 10) AS BLOB) \
+                 WHERE file_id = ?1",
+                [kept_id],
+            )
+            .unwrap();
+        let batch = p.due_for("bank").unwrap();
+        assert_eq!(batch.len(), 2);
+        let dp = p.config.partner("bank").unwrap();
+        p.deliver_batch(dp, destination_of(dp).as_ref(), &batch)
+            .unwrap();
+        for id in [spooled_id, kept_id] {
+            let d = &p.ledger().deliveries(id).unwrap()[0];
+            assert_eq!(d.state, State::Queued, "{d:?}");
+            let why = d.last_error.as_deref().unwrap_or_default();
+            assert!(why.contains("does not match the ledger"), "{why}");
+        }
+        let left: Vec<_> = std::fs::read_dir(&outbox).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "nothing in the bank folder, not even a temp: {left:?}"
+        );
     }
 
     /// A crashed attempt's temporary file (never promoted, so nobody has it) is replaced by

@@ -15,7 +15,7 @@
 //! an operator, as with every in-doubt delivery.
 
 use super::Contents;
-use super::deliver::{DeliverError, Destination};
+use super::deliver::{DeliverError, Destination, Put};
 use crate::config::{Endpoint, UploadMode};
 use crate::remote::{self, RemoteEndpoint, RemoteError, RemoteSession};
 use std::collections::HashMap;
@@ -140,23 +140,8 @@ impl RemoteDir {
             .map_err(other)
     }
 
-    fn refuse_existing(&self, path: &str) -> Result<(), DeliverError> {
-        if let Some(sz) = self.stat_size(path).map_err(other)? {
-            return Err(DeliverError::Other(format!(
-                "{}: {path} already exists ({sz} bytes); refusing to replace it. An operator must check what it is",
-                self.endpoint.describe()
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Destination for RemoteDir {
-    fn describe(&self) -> String {
-        self.endpoint.describe()
-    }
-
-    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError> {
+    /// Step 1 for one file; the size as the server reports it (staged: the held copy's).
+    fn put_temp_size(&self, temp_name: &str, src: &Contents) -> Result<u64, DeliverError> {
         match self.upload {
             UploadMode::Direct => {
                 let size = src.size().map_err(|e| {
@@ -179,6 +164,29 @@ impl Destination for RemoteDir {
                 })
             }
         }
+    }
+
+    fn refuse_existing(&self, path: &str) -> Result<(), DeliverError> {
+        if let Some(sz) = self.stat_size(path).map_err(other)? {
+            return Err(DeliverError::Other(format!(
+                "{}: {path} already exists ({sz} bytes); refusing to replace it. An operator must check what it is",
+                self.endpoint.describe()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Destination for RemoteDir {
+    fn describe(&self) -> String {
+        self.endpoint.describe()
+    }
+
+    fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<Put, DeliverError> {
+        let size = self.put_temp_size(temp_name, src)?;
+        // The bytes go to the server from the held copy; a copy kept in the ledger was
+        // checked against its SHA-256 before this call.
+        Ok(Put { size, sha256: None })
     }
 
     fn sync(&self) -> Result<(), DeliverError> {
