@@ -974,7 +974,7 @@ fn destination_protocol(
         .unwrap(),
         sluss::pipeline::deliver::Put {
             size: bytes.len() as u64,
-            sha256: None
+            sha256: want_hash.clone()
         }
     );
     dest.sync().unwrap();
@@ -1008,11 +1008,15 @@ fn destination_protocol(
     getrandom::fill(&mut big).unwrap();
     let bf = src.path().join("big");
     fs::write(&bf, &big).unwrap();
-    dest.put_temp(
-        ".big.sluss-tmp",
-        &sluss::pipeline::Contents::File(bf.clone()),
-    )
-    .unwrap();
+    let put = dest
+        .put_temp(
+            ".big.sluss-tmp",
+            &sluss::pipeline::Contents::File(bf.clone()),
+        )
+        .unwrap();
+    // The hash of what is sent, for the pipeline to compare with the ledger's.
+    assert_eq!(put.sha256, sluss::spool::sha256_file(&bf).unwrap());
+    assert_eq!(put.size, big.len() as u64);
     dest.promote(".big.sluss-tmp", "big.dat").unwrap();
     assert_eq!(dest.size_of("big.dat").unwrap(), Some(big.len() as u64));
     assert_eq!(

@@ -61,9 +61,9 @@ pub enum DeliverError {
 pub struct Put {
     /// Its size as the destination reports it.
     pub size: u64,
-    /// SHA-256 (lower-case hex) of the bytes written, where they passed through sluss's
-    /// hands on the way (a local copy); `None` where they did not (remote servers).
-    pub sha256: Option<String>,
+    /// SHA-256 (lower-case hex) of the bytes handed over: hashed as a local copy is written;
+    /// for a remote server, from the held copy just before it is sent.
+    pub sha256: String,
 }
 
 /// What a destination must offer for exactly-once delivery. Local folders implement it now;
@@ -186,7 +186,7 @@ impl Destination for LocalDir {
 fn put_of(w: &spool::Written) -> Put {
     Put {
         size: w.size,
-        sha256: Some(w.sha256.clone()),
+        sha256: w.sha256.clone(),
     }
 }
 
@@ -597,15 +597,6 @@ impl Pipeline {
                 continue;
             };
             match self.contents_of(&file) {
-                // A copy kept in the ledger is checked here, whatever the destination (a
-                // remote upload does not hash what it sends); a spooled copy is checked as a
-                // local copy is written, by its `Put`.
-                Ok(Contents::Memory(b))
-                    if !spool::sha256_hex(&b).eq_ignore_ascii_case(&file.sha256) =>
-                {
-                    let sha = spool::sha256_hex(&b);
-                    failed.push((d, damaged(&file, &sha)));
-                }
                 Ok(c) => to_put.push((d, file, c)),
                 Err(e) => failed.push((d, e.to_string())),
             }
@@ -621,15 +612,13 @@ impl Pipeline {
                 Ok(p) if p.size != file.size => {
                     failed.push((d, format!("wrote {} bytes, expected {}", p.size, file.size)))
                 }
-                Ok(Put {
-                    sha256: Some(sha), ..
-                }) if !sha.eq_ignore_ascii_case(&file.sha256) => {
+                Ok(Put { sha256, .. }) if !sha256.eq_ignore_ascii_case(&file.sha256) => {
                     // The held copy is not the file that was received and checked: never
                     // hand it over. Its temporary file goes; retries end in `held`.
                     if let Err(e) = dest.remove(&d.temp_name) {
                         tracing::warn!("could not remove {}: {e}", d.temp_name);
                     }
-                    failed.push((d, damaged(&file, &sha)));
+                    failed.push((d, damaged(&file, &sha256)));
                 }
                 Ok(_) => written.push((d, file.size, file.sha256)),
                 Err(e) => failed.push((d, e.to_string())),

@@ -183,10 +183,15 @@ impl Destination for RemoteDir {
     }
 
     fn put_temp(&self, temp_name: &str, src: &Contents) -> Result<Put, DeliverError> {
+        // A server cannot be asked for a hash, and a direct upload lands under the final
+        // name: the held copy is hashed before it goes (for a spooled file, one more local
+        // read), and the pipeline compares that with the ledger.
+        let sha256 = match src {
+            Contents::Memory(b) => crate::spool::sha256_hex(b),
+            Contents::File(p) => crate::spool::sha256_file(p)?,
+        };
         let size = self.put_temp_size(temp_name, src)?;
-        // The bytes go to the server from the held copy; a copy kept in the ledger was
-        // checked against its SHA-256 before this call.
-        Ok(Put { size, sha256: None })
+        Ok(Put { size, sha256 })
     }
 
     fn sync(&self) -> Result<(), DeliverError> {
